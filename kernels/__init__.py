@@ -1,0 +1,1 @@
+"""Triton kernels, installed as ``mads_fast.kernels`` (one file per op)."""
