@@ -8,7 +8,13 @@ A store is a directory::
     shard-00000.ids.npy             [n] fixed-width unicode: the records' stable ids
     shard-00000.sum.npy             [dim] float64: sum of the shard's dequantised rows (for the dataset mean)
     shard-00000.done                written last: the shard is complete only when this marker exists
+    offset.npy                      [dim] float32, optional: the vector int8/bit rows were quantised around
     mean.npy                        [dim] float64, written by ``finalize``
+
+A row's features are ``dequantize(q, scales) + offset``. The extractor quantises around an offset (the mean
+pooled feature of the first records) because raw residual features carry "massive" dimensions that per-row
+int8 would otherwise spend its whole range on; the offset is written once, before any shard, and reused on
+resume, so resumed shards are quantised exactly like the first ones.
 
 Every file is written under a temporary name, fsync'ed and renamed, so a killed extraction leaves only whole
 files; shards without a done marker are rewritten on resume. ``np.save`` is deterministic and nothing inside
@@ -40,6 +46,7 @@ FORMAT = "mads-fast-feature-store"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MEAN = "mean.npy"
+OFFSET = "offset.npy"
 DTYPES = ("float32", "float16", "int8", "uint8")  # uint8 holds 1-bit features, 8 per byte
 QUANTISED = ("int8", "uint8")                      # the dtypes that carry per-segment scales
 SOLVER_DTYPES = ("int8", "float32")
@@ -175,8 +182,6 @@ def _writer_is_gone(tmp_name: str) -> bool:
     host, pid = parts[0], int(parts[1])
     if host != _HOST:
         return False  # another machine's worker: we cannot tell whether it still runs
-    if pid == os.getpid():
-        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -285,6 +290,8 @@ def _read_manifest(store_dir: Path) -> dict:
     for key, kind in required.items():
         if not isinstance(manifest.get(key), kind):
             raise InputError(f"corrupt manifest: {key!r} missing or not {kind.__name__}", path=path)
+    if not isinstance(manifest.get("offset", False), bool):
+        raise InputError("corrupt manifest: 'offset' is not a bool", path=path)
     if not isinstance(manifest["dataset"].get("n_records"), int):
         raise InputError("corrupt manifest: 'dataset.n_records' missing or not int", path=path)
     _check_layout(manifest["dim"], manifest["width"], manifest["dtype"], manifest["n_scales"],
@@ -338,6 +345,7 @@ class FeatureStore:
         self.shard_size = manifest["shard_size"]
         self.n_shards = manifest["n_shards"]
         self.done_shards: set[int] = _done_shards(store_dir, self.n_shards)
+        self.offset = _load_offset(store_dir, manifest)  # [dim] float32 or None
 
     @property
     def complete(self) -> bool:
@@ -373,6 +381,7 @@ class FeatureStore:
             "shard_size": int(shard_size),
             "n_shards": math.ceil(n_records / int(shard_size)),
             "complete": False,
+            "offset": False,
             "counts": {"records": 0, "shards": 0},
             "created": _now(),
             "finished": None,
@@ -421,6 +430,28 @@ class FeatureStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def write_offset(self, offset: np.ndarray) -> None:
+        """Record the [dim] vector that int8/bit rows are quantised around (before the first shard).
+
+        Rewriting the same offset is a no-op; a different one once shards exist is an error, since those
+        shards were quantised around the old one.
+        """
+        offset = np.asarray(offset)
+        if offset.shape != (self.dim,) or offset.dtype.kind != "f" or not np.all(np.isfinite(offset)):
+            raise InputError(f"offset must be {self.dim} finite floats, got {offset.shape} {offset.dtype}",
+                             path=self.path)
+        offset = np.ascontiguousarray(offset, dtype=np.float32)
+        if self.offset is not None and np.array_equal(self.offset, offset):
+            return
+        if self.complete or _done_shards(self.path, self.n_shards):
+            raise InputError("cannot change the offset of a store that already holds shards; delete it to "
+                             "extract again", path=self.path)
+        _save_npy(self.path / OFFSET, offset)
+        manifest = dict(self.manifest, offset=True)
+        _write_json(self.path / MANIFEST, manifest)
+        _fsync_dir(self.path)
+        self.manifest, self.offset = manifest, offset
+
     def shard_range(self, shard: int) -> range:
         """Record positions of a shard: [shard * shard_size, min(N, (shard + 1) * shard_size))."""
         if not isinstance(shard, (int, np.integer)) or not 0 <= shard < self.n_shards:
@@ -465,7 +496,10 @@ class FeatureStore:
             raise InputError(f"ids must be {n} strings, got {len(ids)}", path=self.path, where=where)
         features = np.ascontiguousarray(features)
         ids_array = np.array(ids, dtype=f"<U{max(1, max(len(i) for i in ids))}")  # [n]
-        total = dequantize(features, scales, self.dtype, self.dim).sum(axis=0, dtype=np.float64)  # [dim]
+        raw = dequantize(features, scales, self.dtype, self.dim)  # [n, dim] float32, what readers return
+        if self.offset is not None:
+            raw += self.offset
+        total = raw.sum(axis=0, dtype=np.float64)  # [dim]
 
         marker = self.path / shard_name(shard, "done")
         if marker.exists():
@@ -528,6 +562,20 @@ def _load_npy(path: Path, shape: tuple, dtype, mmap: bool = True) -> np.ndarray:
     return array
 
 
+def _load_offset(store_dir: Path, manifest: dict) -> Optional[np.ndarray]:
+    if not manifest.get("offset", False):
+        return None
+    return _load_npy(store_dir / OFFSET, (manifest["dim"],), np.float32, mmap=False)
+
+
+def load_offset(store_dir: PathLike) -> Optional[np.ndarray]:
+    """The [dim] float32 quantisation offset of a store, or None when it has none (or does not exist yet)."""
+    store_dir = Path(store_dir)
+    if not (store_dir / MANIFEST).exists():
+        return None
+    return _load_offset(store_dir, _read_manifest(store_dir))
+
+
 class FeatureReader:
     """A complete store, memory-mapped. Rows come back in dataset order, dequantised to float32."""
 
@@ -560,6 +608,7 @@ class FeatureReader:
                 raise InputError("missing shard file; rerun extract to rewrite the store",
                                  path=self.path / shard_name(shard, "ids"))
         self._mean = _load_npy(self.path / MEAN, (self.dim,), np.float64, mmap=False)  # [dim]
+        self._offset = _load_offset(self.path, manifest)  # [dim] float32 or None
         self._ids = None
 
     @property
@@ -587,6 +636,8 @@ class FeatureReader:
             scales = None if self._scales[shard] is None else self._scales[shard][rows]
             dequantize(self._features[shard][rows], scales, self.dtype, self.dim, out=out[pos - start:end - start])
             pos = end
+        if self._offset is not None:
+            out += self._offset
         return out
 
     def iter_blocks(self, raw: bool = True, block: int = 65536, dtype=np.float32) -> Iterator[tuple[int, np.ndarray]]:

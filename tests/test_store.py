@@ -110,12 +110,22 @@ def write_all(store: FeatureStore, q, scales, ids, shards=None):
                           None if scales is None else scales[rows.start:rows.stop], ids[rows.start:rows.stop])
 
 
-def build(path, dtype="int8", n=23, shard_size=5, seed=0):
+def offset_for(dim: int) -> np.ndarray:
+    """A quantisation offset like the extractor's: roughly the mean, massive dimension included."""
+    offset = np.full(dim, 0.25, dtype=np.float32)
+    offset[1] = 39.0
+    return offset
+
+
+def build(path, dtype="int8", n=23, shard_size=5, seed=0, offset=None):
+    """A finished store of synthetic rows, quantised around ``offset`` when given."""
     dim, _, n_scales = LAYOUTS[dtype]
     x = synthetic(n, dim, seed)
-    q, scales = quantise(x, dtype, n_scales)
+    q, scales = quantise(x if offset is None else x - offset, dtype, n_scales)
     ids = ids_for(n)
     store = open_store(path, dtype, n, shard_size)
+    if offset is not None:
+        store.write_offset(offset)
     write_all(store, q, scales, ids)
     store.finalize()
     return q, scales, ids
@@ -130,12 +140,16 @@ def store_files(path: Path) -> dict[str, bytes]:
 # round trip, order, mean, normalisation
 
 
+@pytest.mark.parametrize("with_offset", [False, True], ids=["plain", "offset"])
 @pytest.mark.parametrize("dtype", list(LAYOUTS))
-def test_round_trip_in_dataset_order_across_shards(tmp_path, dtype):
+def test_round_trip_in_dataset_order_across_shards(tmp_path, dtype, with_offset):
     # 23 records in shards of 5: four full shards and a last one of 3.
-    q, scales, ids = build(tmp_path / "s", dtype)
     dim = LAYOUTS[dtype][0]
+    offset = offset_for(dim) if with_offset else None
+    q, scales, ids = build(tmp_path / "s", dtype, offset=offset)
     expected = reference_dequantise(q, scales, dtype, dim)  # [23, dim]
+    if with_offset:
+        expected += offset
 
     got_ids, got = load_features(tmp_path / "s")
     assert got.dtype == np.float32 and got.shape == (23, dim)
@@ -151,10 +165,13 @@ def test_round_trip_in_dataset_order_across_shards(tmp_path, dtype):
     np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), expected)
 
 
+@pytest.mark.parametrize("with_offset", [False, True], ids=["plain", "offset"])
 @pytest.mark.parametrize("dtype", list(LAYOUTS))
-def test_mean_is_the_mean_of_dequantised_features(tmp_path, dtype):
-    q, scales, _ = build(tmp_path / "s", dtype)
-    expected = reference_dequantise(q, scales, dtype, LAYOUTS[dtype][0]).astype(np.float64).mean(axis=0)
+def test_mean_is_the_mean_of_dequantised_features(tmp_path, dtype, with_offset):
+    dim = LAYOUTS[dtype][0]
+    offset = offset_for(dim) if with_offset else np.zeros(dim, np.float32)
+    q, scales, _ = build(tmp_path / "s", dtype, offset=offset if with_offset else None)
+    expected = (reference_dequantise(q, scales, dtype, dim) + offset).astype(np.float64).mean(axis=0)
     mean = FeatureReader(tmp_path / "s").mean()
     assert mean.dtype == np.float64
     # the massive dimension (+40, or +scale = mean|x| ~ 3.5 in 1 bit) survives: a zero mean would fail here
@@ -264,6 +281,27 @@ def test_manifest_mismatch_names_the_key(tmp_path, key, change, complete):
     assert f"{key} is" in message and "another --store" in message and "\n" not in message
 
 
+def test_offset_is_kept_and_cannot_change_under_shards(tmp_path):
+    assert store_mod.load_offset(tmp_path / "nothing yet") is None
+    store = open_store(tmp_path / "s", "int8")
+    assert store_mod.load_offset(tmp_path / "s") is None
+    offset = offset_for(24)
+    store.write_offset(offset.astype(np.float64))  # any float input, stored as float32
+    got = store_mod.load_offset(tmp_path / "s")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, offset)
+    with pytest.raises(InputError, match="24 finite floats"):
+        store.write_offset(offset[:5])
+    q, scales = quantise(synthetic(23, 24) - offset, "int8", 3)
+    write_all(store, q, scales, ids_for(23), shards=[0])
+    resumed = open_store(tmp_path / "s", "int8")
+    np.testing.assert_array_equal(resumed.offset, offset)
+    resumed.write_offset(offset)  # the same offset again (what a resumed extraction does): fine
+    with pytest.raises(InputError, match="cannot change the offset"):
+        resumed.write_offset(offset + 1)
+    np.testing.assert_array_equal(store_mod.load_offset(tmp_path / "s"), offset)
+
+
 def test_same_data_at_another_path_resumes(tmp_path):
     store = open_store(tmp_path / "s", "int8")
     q, scales = quantise(synthetic(23, 24), "int8", 3)
@@ -361,6 +399,11 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
     with pytest.raises(InputError, match=r"shard-00004\.ids\.npy: missing"):
         FeatureReader(tmp_path / "s")
 
+    build(tmp_path / "o", "int8", offset=offset_for(24))
+    (tmp_path / "o" / "offset.npy").unlink()  # without it every row would silently shift
+    with pytest.raises(InputError, match=r"offset\.npy: missing"):
+        FeatureReader(tmp_path / "o")
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # resume and byte identity
@@ -390,12 +433,14 @@ def test_bytes_per_example_int8_is_dim_plus_4(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["int8", "uint8", "float16"])
 def test_resume_after_interruption_is_byte_identical(tmp_path, dtype):
-    build(tmp_path / "clean", dtype)
     dim, _, n_scales = LAYOUTS[dtype]
-    q, scales = quantise(synthetic(23, dim), dtype, n_scales)
+    offset = offset_for(dim)
+    build(tmp_path / "clean", dtype, offset=offset)
+    q, scales = quantise(synthetic(23, dim) - offset, dtype, n_scales)
     ids = ids_for(23)
 
     store = open_store(tmp_path / "s", dtype)
+    store.write_offset(offset)
     write_all(store, q, scales, ids, shards=[0, 1])
     # Shard 2 was interrupted after its features were renamed into place but before its marker; shard 3 had
     # only temp files. One temp belongs to a dead process on this host, one has a name no writer would make.
@@ -408,6 +453,7 @@ def test_resume_after_interruption_is_byte_identical(tmp_path, dtype):
 
     resumed = open_store(tmp_path / "s", dtype)
     assert resumed.done_shards == {0, 1}
+    resumed.write_offset(store_mod.load_offset(tmp_path / "s"))
     assert not [p for p in os.listdir(tmp_path / "s") if p.startswith(".tmp~")]
     write_all(resumed, q, scales, ids, shards=sorted(set(range(resumed.n_shards)) - resumed.done_shards))
     resumed.finalize()
@@ -420,6 +466,30 @@ def test_rewriting_a_done_shard_is_byte_identical(tmp_path):
     write_all(store, q, scales, ids)
     write_all(store, q, scales, ids, shards=[2])
     store.finalize()
+    assert store_files(tmp_path / "s") == store_files(tmp_path / "clean")
+
+
+def test_a_failed_rewrite_unmarks_the_shard(tmp_path, monkeypatch):
+    # A done shard rewritten with different data (say, a nondeterministic GPU run) that dies after its new
+    # features landed must not stay marked done over new features with old scales.
+    q, scales, ids = build(tmp_path / "clean", "int8")
+    store = open_store(tmp_path / "s", "int8")
+    write_all(store, q, scales, ids, shards=[0, 1])
+    real_save = store_mod._save_npy
+
+    def dies_at_scales(path, array):
+        if path.name.endswith("scales.npy"):
+            raise KeyboardInterrupt
+        real_save(path, array)
+
+    monkeypatch.setattr(store_mod, "_save_npy", dies_at_scales)
+    with pytest.raises(KeyboardInterrupt):
+        store.write_shard(1, q[5:10] // 2, scales[5:10] * 2, ids[5:10])
+    monkeypatch.setattr(store_mod, "_save_npy", real_save)
+    resumed = open_store(tmp_path / "s", "int8")
+    assert resumed.done_shards == {0}
+    write_all(resumed, q, scales, ids, shards=range(1, 5))
+    resumed.finalize()
     assert store_files(tmp_path / "s") == store_files(tmp_path / "clean")
 
 
@@ -445,15 +515,17 @@ def slow_fsync(fd, _real=store_mod._fsync_file):
     _real(fd)
 
 store_mod._fsync_file = slow_fsync
-q, scales = t.quantise(t.synthetic(23, 24), "int8", 3)
+offset = t.offset_for(24)
+q, scales = t.quantise(t.synthetic(23, 24) - offset, "int8", 3)
 store = t.open_store(sys.argv[1], "int8")
+store.write_offset(offset)
 t.write_all(store, q, scales, t.ids_for(23))
 store.finalize()
 """
 
 
 def test_killed_writer_resumes_byte_identical(tmp_path):
-    q, scales, ids = build(tmp_path / "clean", "int8")
+    q, scales, ids = build(tmp_path / "clean", "int8", offset=offset_for(24))
     target = tmp_path / "s"
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(target), str(Path(__file__).parent)])
     try:
@@ -471,6 +543,7 @@ def test_killed_writer_resumes_byte_identical(tmp_path):
 
     resumed = open_store(target, "int8")
     assert 0 in resumed.done_shards and not resumed.complete
+    np.testing.assert_array_equal(resumed.offset, offset_for(24))
     write_all(resumed, q, scales, ids, shards=sorted(set(range(5)) - resumed.done_shards))
     resumed.finalize()
     assert store_files(target) == store_files(tmp_path / "clean")
