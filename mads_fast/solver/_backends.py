@@ -1,0 +1,107 @@
+"""Backend discovery: the NumPy reference always; native modules loaded lazily on first use.
+
+A native load failure is cached (one import attempt per process) and an explicitly requested backend
+that cannot load raises ``BackendUnavailableError`` with the reason and the fix. ``auto`` prefers
+cuda (when ``mads_fast._solver_cuda`` loads and sees a GPU), then cpp, then numpy, and logs the choice.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+
+from mads_fast.errors import BackendUnavailableError, InputError
+
+from ._numpy_impl import NumpyDense
+
+log = logging.getLogger("mads_fast")
+
+BACKENDS = ("numpy", "cpp", "cuda")
+_MODULES = {"cpp": "mads_fast._solver_cpu", "cuda": "mads_fast._solver_cuda"}
+_FIX = "rebuild the native modules with `pip install -e .` (MADS_FAST_BUILD_CUDA=1 and nvcc for cuda)"
+_loaded: dict = {}  # backend -> module, or the reason it failed
+
+
+def _import(name: str):
+    return importlib.import_module(_MODULES[name])
+
+
+def load_native(name: str):
+    """The native module of ``name``, or raise BackendUnavailableError (the outcome is cached)."""
+    if name not in _loaded:
+        try:
+            module = _import(name)
+            if name == "cuda" and module.device_count() < 1:
+                raise RuntimeError("no CUDA device is visible")
+            _loaded[name] = module
+        except Exception as exc:  # noqa: BLE001 - any load failure means the backend is unavailable
+            _loaded[name] = f"{type(exc).__name__}: {exc}"
+    value = _loaded[name]
+    if isinstance(value, str):
+        raise BackendUnavailableError(f"solver backend {name!r} cannot load ({value}); {_FIX}")
+    return value
+
+
+def available_backends() -> list:
+    """Backends that load here, fastest last-resort order reversed: e.g. ['numpy', 'cpp']."""
+    out = ["numpy"]
+    for name in ("cpp", "cuda"):
+        try:
+            load_native(name)
+        except BackendUnavailableError:
+            continue
+        out.append(name)
+    return out
+
+
+def resolve(backend: str) -> str:
+    if not isinstance(backend, str) or backend not in BACKENDS + ("auto",):
+        raise InputError(f"backend={backend!r} is not one of 'auto', 'numpy', 'cpp', 'cuda'")
+    if backend == "numpy":
+        return "numpy"
+    if backend != "auto":
+        load_native(backend)
+        return backend
+    for name in ("cuda", "cpp"):
+        try:
+            load_native(name)
+        except BackendUnavailableError as exc:
+            log.debug("solver backend %s unavailable: %s", name, exc)
+            continue
+        log.info("solver backend: %s", name)
+        return name
+    log.info("solver backend: numpy (no native module loads; %s)", _FIX)
+    return "numpy"
+
+
+class NativeDense:
+    """A native module's ``DenseSimilarity`` behind the same methods as ``NumpyDense``."""
+
+    def __init__(self, name: str, module, X):
+        self.name = name
+        self._impl = module.DenseSimilarity(X)
+        self.n, self.d = X.shape
+        self.kernel = self._impl.kernel
+
+    def columns(self, idx, cur=None):
+        import numpy as np
+
+        idx = np.ascontiguousarray(idx, dtype=np.int64)
+        if cur is None:
+            cur = np.zeros(self.n, dtype=np.float32)
+        return self._impl.columns(idx, np.ascontiguousarray(cur, dtype=np.float32))
+
+    def column_sums(self):
+        return self._impl.column_sums()
+
+    def lazy_greedy(self, budget: int, batch_size=None, progress=None):
+        from ._result import GreedyResult
+
+        out = self._impl.lazy_greedy(int(budget), int(batch_size or 0), progress)
+        return GreedyResult(out["ranking"], out["gains"], out["nearest"], out["nearest_similarity"],
+                            int(out["n_evaluations"]), int(out["n_passes"]))
+
+
+def make_engine(name: str, X):
+    if name == "numpy":
+        return NumpyDense(X)
+    return NativeDense(name, load_native(name), X)

@@ -1,0 +1,99 @@
+"""Validation of the solver's inputs: the feature matrix and the budget.
+
+Everything is checked here, before any native call, so bad input is a one-line ``InputError`` and
+never a traceback from C++.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from mads_fast.errors import InputError
+
+_FLOAT_KINDS = "f"
+_INT_KINDS = "iu"
+
+
+def _to_host_numpy(X):
+    """NumPy view of X; torch CPU tensors without a copy, CUDA tensors and CuPy arrays copied to host."""
+    module = type(X).__module__
+    if module.startswith("torch"):
+        import torch
+
+        X = X.detach()
+        if X.is_cuda or X.device.type != "cpu":
+            X = X.cpu()
+        if X.dtype == torch.bfloat16:  # NumPy has no bfloat16; fp32 holds it exactly
+            X = X.float()
+        if X.dtype in (torch.complex64, torch.complex128, torch.bool):
+            raise InputError(f"X has dtype {X.dtype}; expected a real numeric dtype (float32, float16, float64, int8)")
+        return X.numpy()
+    if module.startswith("cupy"):
+        return X.get()
+    try:
+        return np.asarray(X)
+    except Exception as exc:  # noqa: BLE001 - any conversion failure is bad input
+        raise InputError(f"X cannot be converted to an array: {exc}") from None
+
+
+def as_features(X) -> np.ndarray:
+    """Return X as a C-contiguous float32 or int8 array [N, D], or raise InputError.
+
+    int8 stays int8 (cosine cancels each row's scale; the C++ path takes exact int32 dot products).
+    float16/float64/other integers are converted to float32 once, O(N*D).
+    """
+    if X is None:
+        raise InputError("X is None; expected a 2-D array of features [N, D]")
+    arr = _to_host_numpy(X)
+    if arr.dtype.kind not in _FLOAT_KINDS + _INT_KINDS:
+        raise InputError(f"X has dtype {arr.dtype}; expected a real numeric dtype (float32, float16, float64, int8)")
+    if arr.ndim != 2:
+        raise InputError(f"X must be 2-D [N, D]; got shape {tuple(arr.shape)}")
+    n, d = arr.shape
+    if n == 0:
+        raise InputError(f"X is empty: shape {tuple(arr.shape)} has no rows")
+    if d == 0:
+        raise InputError(f"X has no feature columns: shape {tuple(arr.shape)}")
+    if arr.dtype == np.int8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype.kind in _FLOAT_KINDS:
+        if not np.isfinite(arr).all():
+            bad = int(np.argwhere(~np.isfinite(arr))[0][0])
+            raise InputError(f"X contains NaN or inf (first in row {bad})")
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.isfinite(out).all():
+            bad = int(np.argwhere(~np.isfinite(out))[0][0])
+            raise InputError(f"X overflows float32 (first in row {bad}); rescale the features")
+        return out
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def resolve_budget(budget, n: int) -> int:
+    """An int count in [1, n], or a float fraction in (0, 1] -> max(1, round(fraction * n))."""
+    if isinstance(budget, (bool, np.bool_)):
+        raise InputError(f"budget={budget!r} is a bool; expected an int count or a float fraction")
+    if isinstance(budget, numbers.Integral):
+        value = int(budget)
+        if not 1 <= value <= n:
+            raise InputError(f"budget={value} is out of range; expected 1 <= budget <= N={n}")
+        return value
+    if isinstance(budget, numbers.Real):
+        value = float(budget)
+        if math.isnan(value) or not 0.0 < value <= 1.0:
+            raise InputError(f"budget={budget!r} is not a fraction in (0, 1] nor an int count")
+        return max(1, int(round(value * n)))
+    raise InputError(f"budget={budget!r} has type {type(budget).__name__}; expected an int count or a float fraction")
+
+
+def check_choice(name: str, value, allowed) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise InputError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
+    return value
+
+
+def check_int(name: str, value, low: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or int(value) < low:
+        raise InputError(f"{name}={value!r} must be an int >= {low}")
+    return int(value)

@@ -1,0 +1,22 @@
+"""What a greedy run hands back, whichever backend ran it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class GreedyResult:
+    ranking: np.ndarray  # int64 [k], picks in order
+    gains: np.ndarray  # float64 [k], marginal gain of each pick
+    nearest: np.ndarray  # int64 [N], index (into X) of each example's most similar pick
+    nearest_similarity: np.ndarray  # float32 [N], that similarity (clipped at 0)
+    n_evaluations: int  # candidate gains evaluated, first pass included
+    n_passes: int = 0  # passes over X that computed similarity columns (GEMM-like)
+
+    def weights(self) -> np.ndarray:
+        """int64 [k]: how many examples have each pick as nearest (sums to N)."""
+        position = np.full(int(self.nearest.max()) + 1 if self.nearest.size else 0, -1, dtype=np.int64)
+        position[self.ranking] = np.arange(self.ranking.size)
+        return np.bincount(position[self.nearest], minlength=self.ranking.size).astype(np.int64)

@@ -1,0 +1,119 @@
+"""``FacilityLocation``: the scikit-learn-style coverage solver.
+
+f(S) = sum_i max_{j in S} s(i, j), s(i, j) = max(0, cos(x_i, x_j)) on the features as given (no
+centring here; a zero row has similarity 0 with everything, itself included). Exact lazy greedy picks
+with the tie rule of ``_tie`` (gains in float64; tau = 1e-6 + 1e-5 * |G|; the lowest index among
+candidates with gain >= G - tau), identical on every backend.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ._backends import make_engine, resolve
+from ._inputs import as_features, check_choice, check_int, resolve_budget
+from ._knn import exact_nearest, knn_graph
+from ._lazy import lazy_greedy
+from ._oracles import DenseOracle, SparseOracle
+from ._stochastic import stochastic_greedy
+from mads_fast.errors import InputError
+
+log = logging.getLogger("mads_fast")
+
+
+def progress_bar(total: int, verbose: bool, desc: str):
+    """(callback(done), close()) for a tqdm bar of picks, or no-ops when not verbose."""
+    if not verbose:
+        return None, lambda: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="pick", desc=desc)
+
+    def update(done):
+        bar.update(done - bar.n)
+
+    return update, bar.close
+
+
+class FacilityLocation:
+    """Facility-location core-set selection.
+
+    Parameters: ``budget`` (int count in [1, N] or float fraction in (0, 1]); ``backend`` ("auto",
+    "numpy", "cpp", "cuda"); ``mode`` ("dense": similarity columns on the fly, never N x N; "knn": top-
+    ``n_neighbors`` graph); ``optimizer`` ("lazy": exact lazy greedy; "stochastic": stochastic greedy
+    with ``epsilon`` and ``random_state``); ``batch_size`` (candidates re-evaluated per pass; None =
+    backend default); ``verbose`` (a progress bar of picks).
+
+    After ``fit``: ``ranking_``, ``gains_``, ``curve_``, ``objective_``, ``nearest_``,
+    ``nearest_similarity_``, ``weights_``, ``backend_``, ``n_evaluations_``, ``n_passes_``. In knn mode
+    gains and objective are on the graph, while ``nearest_`` uses the dense similarity.
+    """
+
+    def __init__(self, budget, backend="auto", mode="dense", similarity="cosine", optimizer="lazy",
+                 n_neighbors=64, epsilon=0.01, random_state=0, batch_size=None, verbose=False):
+        self.budget = budget
+        self.backend = backend
+        self.mode = mode
+        self.similarity = similarity
+        self.optimizer = optimizer
+        self.n_neighbors = n_neighbors
+        self.epsilon = epsilon
+        self.random_state = random_state
+        self.batch_size = batch_size
+        self.verbose = verbose
+
+    def _check(self):
+        check_choice("mode", self.mode, ("dense", "knn"))
+        check_choice("similarity", self.similarity, ("cosine",))
+        check_choice("optimizer", self.optimizer, ("lazy", "stochastic"))
+        check_int("n_neighbors", self.n_neighbors, 1)
+        eps = self.epsilon
+        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not 0.0 < float(eps) < 1.0:
+            raise InputError(f"epsilon={eps!r} must be a float in (0, 1)")
+        if self.batch_size is not None:
+            check_int("batch_size", self.batch_size, 1)
+        seed = self.random_state
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise InputError(f"random_state={seed!r} must be a non-negative int or None")
+
+    def fit(self, X, y=None):
+        self._check()
+        X = as_features(X)
+        n = X.shape[0]
+        k = resolve_budget(self.budget, n)
+        name = resolve(self.backend)
+        engine = make_engine(name, X)
+        progress, close = progress_bar(k, self.verbose, "facility location")
+        try:
+            if self.mode == "dense":
+                if self.optimizer == "lazy":
+                    result = engine.lazy_greedy(k, self.batch_size, progress)
+                else:
+                    result = stochastic_greedy(DenseOracle(engine), k, float(self.epsilon), self.random_state,
+                                               progress)
+            else:
+                neighbors, sims = knn_graph(engine, self.n_neighbors)
+                oracle = SparseOracle(neighbors, sims)
+                if self.optimizer == "lazy":
+                    result = lazy_greedy(oracle, k, self.batch_size or 1, progress)
+                else:
+                    result = stochastic_greedy(oracle, k, float(self.epsilon), self.random_state, progress)
+                result.nearest, result.nearest_similarity = exact_nearest(engine, result.ranking)
+        finally:
+            close()
+        self.ranking_ = np.asarray(result.ranking, dtype=np.int64)
+        self.gains_ = np.asarray(result.gains, dtype=np.float64)
+        self.curve_ = np.cumsum(self.gains_)
+        self.objective_ = float(self.curve_[-1])
+        self.nearest_ = np.asarray(result.nearest, dtype=np.int64)
+        self.nearest_similarity_ = np.asarray(result.nearest_similarity, dtype=np.float32)
+        self.weights_ = result.weights()
+        self.backend_ = name
+        self.n_evaluations_ = int(result.n_evaluations)
+        self.n_passes_ = int(result.n_passes)
+        return self
+
+    def fit_transform(self, X, y=None):
+        self.fit(X)
+        return X[self.ranking_]
