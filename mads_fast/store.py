@@ -109,22 +109,22 @@ def centre_normalise(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """
     x -= mean.astype(x.dtype, copy=False)
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))  # [n]
-    nonzero = norms > 0
-    x[nonzero] /= norms[nonzero, None]
+    np.divide(x, norms[:, None], out=x, where=norms[:, None] > 0)  # in place: no block-sized temporary
     return x
 
 
 def quantize_rows_int8(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Symmetric per-row int8: round(x * 127 / max|x|). The scale is dropped (cosine does not see it).
 
-    x: [n, dim] float32; out: [n, dim] int8. Zero rows stay zero.
+    x: [n, dim] float32, overwritten (the caller's scratch block: no second block-sized buffer);
+    out: [n, dim] int8. Zero rows stay zero.
     """
-    amax = np.abs(x).max(axis=1)  # [n]
+    amax = np.maximum(x.max(axis=1), -x.min(axis=1))  # [n], max|x| without an |x| temporary
     scale = np.divide(np.float32(127.0), amax, out=np.zeros_like(amax), where=amax > 0)  # [n]
-    y = x * scale[:, None]
-    np.rint(y, out=y)
-    np.clip(y, -127, 127, out=y)  # rounding of x*127/max can reach 127.00001 but never 128
-    out[...] = y
+    x *= scale[:, None]
+    np.rint(x, out=x)
+    np.clip(x, -127, 127, out=x)  # rounding of x*127/max can reach 127.00001 but never 128
+    out[...] = x
     return out
 
 
