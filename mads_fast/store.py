@@ -387,7 +387,10 @@ class FeatureStore:
             "finished": None,
         }
         if not (store_dir / MANIFEST).exists():
-            cls._create(store_dir, wanted)
+            try:
+                cls._create(store_dir, wanted)
+            except (PermissionError, NotADirectoryError, FileExistsError) as exc:  # a bad --store, not a crash
+                raise InputError(f"cannot create the feature store: {exc.strerror}", path=store_dir) from None
         manifest = _read_manifest(store_dir)
         for key in _MATCH_KEYS:
             found = _first_difference(_lookup(manifest, key), _lookup(wanted, key), key)

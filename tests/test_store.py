@@ -340,6 +340,12 @@ def test_refuses_a_directory_that_is_not_a_store(tmp_path):
     assert os.listdir(tmp_path / "s") == ["notes.txt"]
 
 
+def test_store_under_a_file_is_an_input_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="cannot create the feature store"):
+        open_store(tmp_path / "file" / "s", "int8")
+
+
 def test_write_shard_checks_its_input(tmp_path):
     store = open_store(tmp_path / "s", "int8")
     q, scales = quantise(synthetic(23, 24), "int8", 3)
