@@ -11,6 +11,8 @@ from mads_fast.errors import BackendUnavailableError, InputError
 from mads_fast.pooling import (POOLS, QUANTS, dequantize, make_projection, out_dtype, out_width, pool_quant,
                                pool_quant_reference, quantize_reference)
 
+# The Triton kernel runs on CUDA tensors where a GPU is present, else under the interpreter on CPU.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PAD = 1e4  # put in padded positions: any leak shifts a mean by >= 1e4 / T and wins every max
 
 # (B, T, H): one token, one column, H not a multiple of the 128-wide block, T spanning several
@@ -23,7 +25,7 @@ SHAPES = [(1, 1, 1), (3, 1, 7), (5, 123, 123), (2, 17, 1000), (1, 40, 33), (4, 3
 DTYPES = [(torch.float32, 1e-5, 1e-5), (torch.float16, 2e-5, 1e-5), (torch.bfloat16, 2e-5, 1e-5)]
 
 
-def make_batch(shape, dtype=torch.float32, seed=0, pad=PAD):
+def make_batch(shape, dtype=torch.float32, seed=0, pad=PAD, device=DEVICE):
     """Right-padded hidden [B, T, H] with ``pad`` in padded slots; row 0 is full, row 1 has one token."""
     n_rows, n_tok, n_cols = shape
     gen = torch.Generator().manual_seed(seed)
@@ -34,14 +36,14 @@ def make_batch(shape, dtype=torch.float32, seed=0, pad=PAD):
     hidden = torch.randn(n_rows, n_tok, n_cols, generator=gen)  # [B, T, H]
     for b in range(n_rows):
         hidden[b, lengths[b]:] = pad
-    return hidden.to(dtype), lengths
+    return hidden.to(device=device, dtype=dtype), lengths.to(device)
 
 
 def independent_pool(hidden, lengths, pool):
     """The pooling written a second way: a mask matrix for the sums, Python slices for the rest."""
     x = hidden.double()  # [B, T, H]
     n_rows, n_tok, _ = x.shape
-    mask = torch.zeros(n_rows, n_tok, dtype=torch.float64)  # [B, T]
+    mask = torch.zeros(n_rows, n_tok, dtype=torch.float64, device=x.device)  # [B, T]
     for b in range(n_rows):
         mask[b, :lengths[b]] = 1.0
     if pool == "mean":
@@ -104,7 +106,7 @@ def test_bit_packing_little_endian():
 
 @pytest.mark.parametrize("quant", QUANTS)
 def test_dequantize_torch_and_numpy_agree_and_bound_the_error(quant):
-    hidden, lengths = make_batch((4, 9, 21), seed=3)
+    hidden, lengths = make_batch((4, 9, 21), seed=3, device="cpu")
     pooled, _ = pool_quant_reference(hidden, lengths, "mean", "fp32")  # [B, D]
     q, scale = pool_quant_reference(hidden, lengths, "mean", quant)
     back = dequantize(q, scale, quant, 21)
@@ -171,8 +173,8 @@ def test_int8_and_bit_exact_on_rounding_edges(backend):
     # 'last' pools without arithmetic, so both twins quantise the very same values: halves must round
     # away from zero, and the bits must land little-endian.
     row = [127.0, 63.5, -63.5, 0.49, -0.5, 0.0, 1.5, -2.5, 9.0]
-    hidden = torch.tensor([[[5.0] * 9, row], [row, [PAD] * 9]])  # [2, 2, 9]; row 1 has one token
-    lengths = torch.tensor([2, 1])
+    hidden = torch.tensor([[[5.0] * 9, row], [row, [PAD] * 9]], device=DEVICE)  # [2, 2, 9]; row 1: one token
+    lengths = torch.tensor([2, 1], device=DEVICE)
     q, scale = pool_quant(hidden, lengths, "last", "int8", backend=backend)
     assert q.tolist() == [[127, 64, -64, 0, -1, 0, 2, -3, 9]] * 2 and scale.tolist() == [1.0, 1.0]
     q, scale = pool_quant(hidden, lengths, "last", "bit", backend=backend)
@@ -232,8 +234,8 @@ def test_every_output_element_is_written(backend, projected):
             results = []
             for fill in sentinels(out_dtype(quant)):
                 width = out_width(20 if projected else 45, quant)
-                out = torch.full((3, width), fill, dtype=out_dtype(quant))
-                scale_out = torch.full((3,), fill if isinstance(fill, float) else -1.0)
+                out = torch.full((3, width), fill, dtype=out_dtype(quant), device=DEVICE)
+                scale_out = torch.full((3,), fill if isinstance(fill, float) else -1.0, device=DEVICE)
                 got, got_scale = pool_quant(hidden, lengths, pool, quant, projection, out, scale_out, backend)
                 assert got.data_ptr() == out.data_ptr() and got_scale.data_ptr() == scale_out.data_ptr()
                 results.append((out.clone(), scale_out.clone()))
@@ -248,8 +250,8 @@ def test_column_slice_out_leaves_neighbours_alone(backend, quant):
     hidden, lengths = make_batch((4, 11, 70), seed=6)
     width = out_width(70, quant)
     fill = sentinels(out_dtype(quant))[1]
-    wide = torch.full((4, width + 7), fill, dtype=out_dtype(quant))  # [B, 3 + W + 4]
-    scales = torch.full((4, 3), -5.0)  # scale_out is the strided column scales[:, 1]
+    wide = torch.full((4, width + 7), fill, dtype=out_dtype(quant), device=DEVICE)  # [B, 3 + W + 4]
+    scales = torch.full((4, 3), -5.0, device=DEVICE)  # scale_out is the strided column scales[:, 1]
     pool_quant(hidden, lengths, "max", quant, out=wide[:, 3:3 + width], scale_out=scales[:, 1], backend=backend)
     assert (wide[:, :3] == fill).all() and (wide[:, 3 + width:] == fill).all()
     assert (scales[:, 0] == -5.0).all() and (scales[:, 2] == -5.0).all()
@@ -313,11 +315,11 @@ def test_auto_backend_follows_triton_interpret(monkeypatch):
 
     calls = []
     monkeypatch.setattr(kernel, "pool_quant_triton", lambda *args: calls.append(args))
-    hidden, lengths = make_batch((2, 3, 4))
+    hidden, lengths = make_batch((2, 3, 4), device="cpu")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     pool_quant(hidden, lengths, "mean", "fp32")
     assert len(calls) == 1
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     q, _ = pool_quant(hidden, lengths, "mean", "fp32")
     assert len(calls) == 1
     torch.testing.assert_close(q, pool_quant_reference(hidden, lengths, "mean", "fp32")[0])
