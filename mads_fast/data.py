@@ -106,7 +106,7 @@ class RecordSet:
                   "text": f"text field '{self.text_field}'"}[self.schema]
         line = (f"{os.path.basename(os.path.normpath(self.path))}: {len(self.records):,} records, "
                 f"{_FORMAT_NAMES[self.format]}, {schema}")
-        if self.limit is not None and self.salvaged is None:
+        if self.limit is not None and self.salvaged is None and len(self.records) >= self.limit:
             line += f" (first {len(self.records):,} only: limit {self.limit:,})"
         if self.salvaged is not None:
             line += f"; {self.salvaged.describe()}"

@@ -1,8 +1,10 @@
 """Tokens and batches: render a record to text, tokenize with truncation, plan token-budget batches.
 
 Batches are filled up to a *token budget* (rows x longest row), not a fixed row count, after sorting
-by length, so padding waste stays small: on the first 2,000 Alpaca records with SmolLM2's chat
-template and a 16,384-token budget it is about 1%, against about 50% for 32-row batches in file order.
+by length, so padding waste stays small. With SmolLM2's chat template and a 16,384-token budget:
+8.4% on the first 2,000 Alpaca records (14 batches; the waste sits in the first batches, which span
+the sparse long tail from 476 down to ~280 tokens) and 0.49% on all 51,924 (345 batches), against
+60% for 32-row batches in file order.
 Padding is on the right (valid tokens first), so token ``t`` of row ``b`` is valid iff
 ``t < lengths[b]``.
 """
