@@ -172,12 +172,17 @@ def plan_batches(lengths, tokens_per_batch: int = 16384, max_rows: Optional[int]
     return batches, padding
 
 
-def collate(ts: TokenizedSet, batch: Batch, pad_id: int):
+def collate(ts: TokenizedSet, batch: Batch, pad_id: Optional[int]):
     """Right-padded ``(input_ids [B, T], attention_mask [B, T], lengths [B])``, all torch int64.
 
     T is the longest row of the batch; positions ``t < lengths[b]`` hold the record's tokens.
+    ``pad_id=None`` (Llama tokenizers define no pad token) pads with 0: padded positions are masked
+    and come after every valid one, so a causal model never attends to them.
     """
     import torch
+
+    if pad_id is None:
+        pad_id = 0
 
     idx = np.asarray(batch.indices, dtype=np.int64)                    # [B]
     lengths = ts.lengths[idx].astype(np.int64)                          # [B]

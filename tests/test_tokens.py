@@ -202,3 +202,5 @@ def test_collate_right_pads(smol):
             assert ids[b, :n].tolist() == ts.ids[r].tolist()
             assert ids[b, n:].tolist() == [-7] * (width - n)
             assert mask[b].tolist() == [1] * n + [0] * (width - n)
+    ids, _, _ = collate(ts, Batch(indices=np.array([0, 1]), max_len=0), pad_id=None)   # no pad token
+    assert ids[1, 1:].tolist() == [0] * (len(ts.ids[0]) - 1)
