@@ -1,0 +1,70 @@
+// Facility-location coverage solver: declarations shared by the C++ (facility_location.cpp) and the
+// CUDA (facility_location.cu) backends, so both apply the same similarity, tie rule and output layout.
+//
+// s(i, j) = max(0, cos(x_i, x_j)); f(S) = sum_i max_{j in S} s(i, j). Float features are normalised
+// once in float32 (x * float32(1 / ||x||), the norm taken in double); int8 features keep their
+// integers: exact int32 dot products, rounded to float, times the two float inverse norms. A zero row
+// has inverse norm 0, hence similarity 0 with everything, itself included.
+//
+// Tie rule (also mads_fast/solver/_tie.py): gains are accumulated in double; with G the best true gain
+// of a step, tau = kTieAbs + kTieRel * |G|, and the pick is the LOWEST INDEX among candidates whose
+// gain is >= G - tau. Lazy evaluation keeps evaluating stale candidates while the best remaining upper
+// bound is >= G - tau; an upper bound of 0 is exact (gains are sums of non-negative terms).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace mads {
+
+constexpr double kTieAbs = 1e-6;
+constexpr double kTieRel = 1e-5;
+
+inline double tie_tolerance(double best) { return kTieAbs + kTieRel * std::fabs(best); }
+
+struct GreedyOutput {
+  std::vector<int64_t> ranking;            // [k] picks in order
+  std::vector<double> gains;               // [k] marginal gain of each pick
+  std::vector<int64_t> nearest;            // [N] first pick attaining each example's max similarity
+  std::vector<float> nearest_similarity;   // [N] that similarity
+  int64_t n_evaluations = 0;               // candidate gains evaluated, first pass included
+  int64_t n_passes = 0;                    // passes over X computing similarity columns (first pass = 1)
+};
+
+// Dense cosine similarity computed on the fly from X; never holds an N x N matrix.
+class DenseSimilarity {
+ public:
+  DenseSimilarity(const float* X, int64_t n, int64_t d);   // X [n, d] row-major
+  DenseSimilarity(const int8_t* X, int64_t n, int64_t d);  // X [n, d] row-major
+
+  int64_t n() const { return n_; }
+  int64_t d() const { return d_; }
+  const std::string& kernel() const { return kernel_; }
+
+  // out [m, n]: out[c * n + i] = s(i, idx[c]); gains [m] = sum_i max(0, s(i, idx[c]) - cur[i]).
+  void columns(const int64_t* idx, int64_t m, const float* cur, float* out, double* gains) const;
+  // out [n]: sum_i s(i, j), computed on one triangle of the similarity (s is symmetric).
+  void column_sums(double* out) const;
+  // Exact lazy greedy, batched: `batch` candidates per pass (0 = default), multi-pick from the block.
+  GreedyOutput lazy_greedy(int64_t budget, int64_t batch,
+                           const std::function<void(int64_t)>& progress) const;
+
+  // Internal: similarity columns of candidates `idx` into dst[c] (npad floats each, may be null).
+  void block(const int64_t* idx, int64_t m, const float* cur, float* const* dst, double* gains) const;
+
+ private:
+  void pack_candidates(const int64_t* idx, int64_t m, int64_t mpad, void* buf) const;
+  int64_t n_ = 0, d_ = 0, npad_ = 0, dpad_ = 0;
+  bool int8_ = false;
+  int isa_ = 0;                   // 0 portable, 1 avx512 (fp32), 2 avx512 vnni (int8)
+  std::string kernel_;
+  std::vector<float> xf_;         // fp32 panels: [npad/16][dpad][16], unit rows
+  std::vector<int8_t> xq_;        // int8 panels: [npad/16][dpad/4][16][4]
+  std::vector<float> inv_;        // [npad] inverse norms (0 for zero and padding rows)
+  std::vector<int32_t> rowsum_;   // [npad] sum_k x_i[k] (int8: undoes the +128 of VNNI)
+};
+
+}  // namespace mads
