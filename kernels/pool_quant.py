@@ -94,7 +94,9 @@ def _pool_quant_kernel(
         tl.store(Scale_ptr + row * Scale_stride, 1.0, mask=col_block == 0)
 
 
-@triton.jit
+# n_cols is divided by in the bit branch: an int argument equal to 1 would be specialised into a
+# compile-time constant without .to(), so it stays a runtime value.
+@triton.jit(do_not_specialize=["n_cols"])
 def _quantize_rows_kernel(
     V_ptr,  # pooled or projected rows [B, D], fp32, contiguous
     V_row_stride,
