@@ -62,7 +62,8 @@ def as_features(X) -> np.ndarray:
         if not np.isfinite(arr).all():
             bad = int(np.argwhere(~np.isfinite(arr))[0][0])
             raise InputError(f"X contains NaN or inf (first in row {bad})")
-        out = np.ascontiguousarray(arr, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            out = np.ascontiguousarray(arr, dtype=np.float32)
         if not np.isfinite(out).all():
             bad = int(np.argwhere(~np.isfinite(out))[0][0])
             raise InputError(f"X overflows float32 (first in row {bad}); rescale the features")

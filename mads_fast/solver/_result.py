@@ -17,6 +17,6 @@ class GreedyResult:
 
     def weights(self) -> np.ndarray:
         """int64 [k]: how many examples have each pick as nearest (sums to N)."""
-        position = np.full(int(self.nearest.max()) + 1 if self.nearest.size else 0, -1, dtype=np.int64)
+        position = np.full(self.nearest.size, -1, dtype=np.int64)  # [N] pick position of each selected row
         position[self.ranking] = np.arange(self.ranking.size)
         return np.bincount(position[self.nearest], minlength=self.ranking.size).astype(np.int64)
