@@ -3,18 +3,21 @@
 The specification is ``mads_fast.pooling.pool_quant_reference``; ``mads_fast.pooling.pool_quant``
 validates arguments and calls ``pool_quant_triton`` here.
 
-Work split (one pass over ``hidden``, which is ~99% of the bytes moved):
+One pass over ``hidden`` (~99% of the bytes moved), one launch without projection:
 
 - ``_pool_quant_kernel``: grid ``(B, cdiv(H, BLOCK_H))``, one program per (row, H-block). It streams
   only the row's valid tokens (padding is never read) in ``[BLOCK_T, BLOCK_H]`` tiles loaded along
-  contiguous H, so loads coalesce; a batch of 64 rows at H=576 is 64 x 5 = 320 programs, enough to
-  fill the 132 SMs of an H100. For ``fp32`` / ``fp16`` without projection the quantisation is an
-  element-wise cast, so it is fused here and only ``[B, W]`` (+ ``[B]`` scales) is written.
-- ``int8`` / ``bit`` need a row-wide statistic (absmax, mean |v|) that spans every H-block of the row,
-  and the projection needs the whole pooled row: those paths write the pooled rows to an fp32
-  scratch ``[B, H]``, (multiply by ``R`` with ``torch.matmul``), then ``_quantize_rows_kernel`` (one
-  program per row) writes ``[B, W]``. The scratch round trip is 8 bytes per pooled value against
-  ``2 * T`` bytes of fp16 hidden read for it: 1.6% extra traffic at T=256.
+  contiguous H (128-bit loads), so a batch of 64 rows at H=576 is 64 x 5 = 320 programs, enough to
+  fill the 132 SMs of an H100 whatever the sequence length.
+- ``fp32`` / ``fp16``: the quantisation is an element-wise cast, written straight to ``out``.
+- ``int8`` / ``bit`` need a statistic of the whole row (absmax, mean |v|) that spans every H-block:
+  each program leaves its pooled block in an fp32 scratch ``[B, H]`` and bumps a per-row arrival
+  counter; the program that arrives last for a row quantises that row (``_quantize_row``). The scratch
+  is 4 bytes per pooled value against 2 * T bytes of fp16 hidden read for it (0.8% at T=256) and
+  stays in L2. The last program recomputes the statistic over the row in a fixed order, so results
+  do not depend on which program finishes last.
+- with a projection the whole pooled row is needed first: pool to the scratch, ``torch.matmul`` with
+  ``R``, then ``_quantize_rows_kernel`` (one program per row, the same ``_quantize_row``).
 """
 from __future__ import annotations
 
@@ -26,12 +29,65 @@ import triton.language as tl
 _POOL_CODES = {"mean": 0, "max": 1, "last": 2, "active": 3}
 _QUANT_CODES = {"fp32": 0, "fp16": 1, "int8": 2, "bit": 3}
 
-# 16 tokens x 128 fp16 columns = 4 KiB in flight per program per iteration with 4 warps (16 values
-# a thread), and a 256-byte contiguous run per token row: full 128-byte sectors.
+# 16 tokens x 128 bf16 columns = 4 KiB in flight per program per step with 4 warps: two 16-byte
+# loads per thread, and a 256-byte contiguous run per token row (full 128-byte sectors).
 _BLOCK_T = 16
 _BLOCK_H = 128
-_BLOCK_D = 1024  # quantise kernel: columns per step; a multiple of 8 so bytes never straddle steps
+_BLOCK_Q = 512  # quantisation: columns per step; a multiple of 8 so bytes never straddle steps
 _NUM_WARPS = 4
+
+
+@triton.jit
+def _quantize_row(
+    V_row,  # one fp32 row [n_cols]
+    Out_row,  # its output row [W]: W = n_cols, or ceil(n_cols / 8) bytes for bit
+    Out_col_stride,
+    Scale_ptr,  # its scale, fp32
+    n_cols,
+    QUANT: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    CACHE: tl.constexpr,  # ".cg" reads another program's writes from L2, never a stale L1 line
+):
+    # tl.cast, not n_cols.to(): Triton turns an int argument equal to 1 into a constant.
+    n_cols_f = tl.cast(n_cols, tl.float32)
+    if QUANT == 3:  # bit: dimension 8j + k is bit k of byte j, scale mean |v|
+        total = tl.zeros((BLOCK_SIZE,), tl.float32)
+        for start in range(0, n_cols, BLOCK_SIZE):
+            cols = start + tl.arange(0, BLOCK_SIZE)
+            total += tl.abs(tl.load(V_row + cols, mask=cols < n_cols, other=0.0, cache_modifier=CACHE))
+        scale = tl.math.div_rn(tl.sum(total, axis=0), n_cols_f)
+        bit_idx = tl.arange(0, 8)  # [8]
+        for start in range(0, n_cols, BLOCK_SIZE):
+            byte_idx = start // 8 + tl.arange(0, BLOCK_SIZE // 8)  # [BLOCK_SIZE / 8]
+            cols = byte_idx[:, None] * 8 + bit_idx[None, :]  # [BLOCK_SIZE / 8, 8]
+            v = tl.load(V_row + cols, mask=cols < n_cols, other=0.0, cache_modifier=CACHE)
+            bits = tl.where(v > 0.0, 1, 0) << bit_idx[None, :]  # masked tail: v = 0 -> bit 0
+            packed = tl.sum(bits, axis=1)  # disjoint bits: sum == or
+            tl.store(Out_row + byte_idx * Out_col_stride, packed.to(tl.uint8), mask=byte_idx * 8 < n_cols)
+    elif QUANT == 2:  # int8: scale absmax / 127, round half away from zero
+        absmax = tl.zeros((BLOCK_SIZE,), tl.float32)
+        for start in range(0, n_cols, BLOCK_SIZE):
+            cols = start + tl.arange(0, BLOCK_SIZE)
+            v = tl.load(V_row + cols, mask=cols < n_cols, other=0.0, cache_modifier=CACHE)
+            absmax = tl.maximum(absmax, tl.abs(v))
+        # div_rn: IEEE division like torch; plain '/' lowers to an approximate divide on NVIDIA.
+        scale = tl.math.div_rn(tl.max(absmax, axis=0), 127.0)
+        safe = tl.where(scale > 0.0, scale, 1.0)  # all-zero row: |v| / 1 = 0 -> q 0, scale 0
+        for start in range(0, n_cols, BLOCK_SIZE):
+            cols = start + tl.arange(0, BLOCK_SIZE)
+            mask = cols < n_cols
+            v = tl.load(V_row + cols, mask=mask, other=0.0, cache_modifier=CACHE)
+            mag = tl.minimum(tl.floor(tl.math.div_rn(tl.abs(v), safe) + 0.5), 127.0)
+            q = tl.where(v < 0.0, -mag, mag)
+            tl.store(Out_row + cols * Out_col_stride, q.to(tl.int8), mask=mask)
+    else:  # fp32 / fp16: a cast
+        scale = 1.0
+        for start in range(0, n_cols, BLOCK_SIZE):
+            cols = start + tl.arange(0, BLOCK_SIZE)
+            mask = cols < n_cols
+            v = tl.load(V_row + cols, mask=mask, other=0.0, cache_modifier=CACHE)
+            tl.store(Out_row + cols * Out_col_stride, v.to(Out_row.dtype.element_ty), mask=mask)
+    tl.store(Scale_ptr, scale)
 
 
 @triton.jit
@@ -40,17 +96,21 @@ def _pool_quant_kernel(
     X_row_stride,
     X_tok_stride,
     Len_ptr,  # lengths [B], int32 or int64
-    Out_ptr,  # out [B, H] (fp32 / fp16) or fp32 scratch [B, H]
+    Out_ptr,  # out [B, W]; with a projection: the fp32 pooled rows [B, H]
     Out_row_stride,
     Out_col_stride,
-    Scale_ptr,  # scale [B] fp32, written with 1.0 when WRITE_SCALE
+    Scale_ptr,  # scale [B] fp32 (unused when not WRITE_SCALE)
     Scale_stride,
+    Scratch_ptr,  # int8 / bit: fp32 pooled rows [B, H], contiguous
+    Count_ptr,  # int8 / bit: per-row arrival counter [B] int32, zeroed by the host
     n_tok,
     n_cols,
     POOL: tl.constexpr,
+    QUANT: tl.constexpr,
     WRITE_SCALE: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
 ):
     row = tl.program_id(0)
     col_block = tl.program_id(1)
@@ -85,22 +145,31 @@ def _pool_quant_kernel(
         if POOL == 1:
             pooled = tl.max(acc, axis=0)
         else:
-            # div_rn: IEEE division like torch; plain '/' lowers to an approximate divide on NVIDIA.
             pooled = tl.math.div_rn(tl.sum(acc, axis=0), n_valid.to(tl.float32))
 
-    out_ptrs = Out_ptr + row.to(tl.int64) * Out_row_stride + cols * Out_col_stride
-    tl.store(out_ptrs, pooled.to(Out_ptr.dtype.element_ty), mask=col_mask)
-    if WRITE_SCALE:
-        tl.store(Scale_ptr + row * Scale_stride, 1.0, mask=col_block == 0)
+    if QUANT < 2:  # fp32 / fp16: cast and store this block
+        out_ptrs = Out_ptr + row.to(tl.int64) * Out_row_stride + cols * Out_col_stride
+        tl.store(out_ptrs, pooled.to(Out_ptr.dtype.element_ty), mask=col_mask)
+        if WRITE_SCALE:
+            tl.store(Scale_ptr + row * Scale_stride, 1.0, mask=col_block == 0)
+    else:  # int8 / bit: park the block; the row's last program to arrive quantises the row
+        scratch_row = Scratch_ptr + row.to(tl.int64) * n_cols
+        tl.store(scratch_row + cols, pooled, mask=col_mask)
+        # The pattern of CUTLASS's split-K semaphore: all threads store, barrier, one thread releases
+        # with an acq_rel GPU-scope atomic; the last arriver's acquire (then the barrier Triton puts
+        # after broadcasting the result) makes every block's stores visible to its L2 (.cg) loads.
+        tl.debug_barrier()
+        arrived = tl.atomic_add(Count_ptr + row, 1, sem="acq_rel", scope="gpu")
+        if arrived == tl.num_programs(1) - 1:
+            _quantize_row(scratch_row, Out_ptr + row.to(tl.int64) * Out_row_stride, Out_col_stride,
+                          Scale_ptr + row * Scale_stride, n_cols, QUANT, BLOCK_Q, ".cg")
 
 
-# n_cols is divided by in the bit branch: an int argument equal to 1 would be specialised into a
-# compile-time constant without .to(), so it stays a runtime value.
-@triton.jit(do_not_specialize=["n_cols"])
+@triton.jit
 def _quantize_rows_kernel(
-    V_ptr,  # pooled or projected rows [B, D], fp32, contiguous
+    V_ptr,  # projected rows [B, D] fp32
     V_row_stride,
-    Out_ptr,  # out [B, W]: W = D, or ceil(D / 8) bytes for bit
+    Out_ptr,  # out [B, W]
     Out_row_stride,
     Out_col_stride,
     Scale_ptr,  # scale [B] fp32
@@ -110,45 +179,8 @@ def _quantize_rows_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     row = tl.program_id(0)
-    v_row = V_ptr + row.to(tl.int64) * V_row_stride
-    out_row = Out_ptr + row.to(tl.int64) * Out_row_stride
-
-    if QUANT == 3:  # bit: dimension 8j + k is bit k of byte j
-        total = tl.zeros((BLOCK_SIZE,), tl.float32)
-        for start in range(0, n_cols, BLOCK_SIZE):
-            cols = start + tl.arange(0, BLOCK_SIZE)
-            total += tl.abs(tl.load(v_row + cols, mask=cols < n_cols, other=0.0))
-        scale = tl.math.div_rn(tl.sum(total, axis=0), n_cols.to(tl.float32))
-        bit_idx = tl.arange(0, 8)  # [8]
-        for start in range(0, n_cols, BLOCK_SIZE):
-            byte_idx = start // 8 + tl.arange(0, BLOCK_SIZE // 8)  # [BLOCK_SIZE / 8]
-            cols = byte_idx[:, None] * 8 + bit_idx[None, :]  # [BLOCK_SIZE / 8, 8]
-            v = tl.load(v_row + cols, mask=cols < n_cols, other=0.0)
-            bits = tl.where(v > 0.0, 1, 0) << bit_idx[None, :]  # masked tail: v = 0 -> bit 0
-            packed = tl.sum(bits, axis=1)  # disjoint bits: sum == or
-            tl.store(out_row + byte_idx * Out_col_stride, packed.to(tl.uint8), mask=byte_idx * 8 < n_cols)
-    elif QUANT == 2:  # int8, per-row scale absmax / 127, round half away from zero
-        absmax = tl.zeros((BLOCK_SIZE,), tl.float32)
-        for start in range(0, n_cols, BLOCK_SIZE):
-            cols = start + tl.arange(0, BLOCK_SIZE)
-            absmax = tl.maximum(absmax, tl.abs(tl.load(v_row + cols, mask=cols < n_cols, other=0.0)))
-        scale = tl.math.div_rn(tl.max(absmax, axis=0), 127.0)
-        safe = tl.where(scale > 0.0, scale, 1.0)  # all-zero row: |v| / 1 = 0 -> q 0, scale 0
-        for start in range(0, n_cols, BLOCK_SIZE):
-            cols = start + tl.arange(0, BLOCK_SIZE)
-            mask = cols < n_cols
-            v = tl.load(v_row + cols, mask=mask, other=0.0)
-            mag = tl.minimum(tl.floor(tl.math.div_rn(tl.abs(v), safe) + 0.5), 127.0)
-            q = tl.where(v < 0.0, -mag, mag)
-            tl.store(out_row + cols * Out_col_stride, q.to(tl.int8), mask=mask)
-    else:  # fp32 / fp16 after a projection: a cast
-        scale = 1.0
-        for start in range(0, n_cols, BLOCK_SIZE):
-            cols = start + tl.arange(0, BLOCK_SIZE)
-            mask = cols < n_cols
-            v = tl.load(v_row + cols, mask=mask, other=0.0)
-            tl.store(out_row + cols * Out_col_stride, v.to(Out_ptr.dtype.element_ty), mask=mask)
-    tl.store(Scale_ptr + row * Scale_stride, scale)
+    _quantize_row(V_ptr + row.to(tl.int64) * V_row_stride, Out_ptr + row.to(tl.int64) * Out_row_stride,
+                  Out_col_stride, Scale_ptr + row * Scale_stride, n_cols, QUANT, BLOCK_SIZE, "")
 
 
 def pool_quant_triton(hidden, lengths, pool, quant, projection, out, scale_out):
@@ -161,30 +193,36 @@ def pool_quant_triton(hidden, lengths, pool, quant, projection, out, scale_out):
     if hidden.stride(2) != 1:
         # Coalesced loads need unit stride along H; hooked activations already have it.
         hidden = hidden.contiguous()
-    fused = projection is None and quant in ("fp32", "fp16")
-    if fused:
-        target = out
-    else:
-        target = torch.empty(n_rows, n_cols, dtype=torch.float32, device=hidden.device)  # scratch [B, H]
     grid = (n_rows, triton.cdiv(n_cols, _BLOCK_H))
+    if projection is None:
+        target, code, write_scale = out, _QUANT_CODES[quant], True
+    else:
+        target = torch.empty(n_rows, n_cols, dtype=torch.float32, device=hidden.device)  # pooled [B, H]
+        code, write_scale = _QUANT_CODES["fp32"], False
+    if code >= 2:
+        scratch = torch.empty(n_rows, n_cols, dtype=torch.float32, device=hidden.device)  # [B, H]
+        count = torch.zeros(n_rows, dtype=torch.int32, device=hidden.device)  # [B]
+    else:
+        scratch, count = target, lengths  # unused by the fp32 / fp16 specialisations
     _pool_quant_kernel[grid](
         hidden, hidden.stride(0), hidden.stride(1),
         lengths,
         target, target.stride(0), target.stride(1),
         scale_out, scale_out.stride(0),
+        scratch, count,
         n_tok, n_cols,
-        POOL=_POOL_CODES[pool], WRITE_SCALE=fused,
-        BLOCK_T=_BLOCK_T, BLOCK_H=_BLOCK_H, num_warps=_NUM_WARPS,
+        POOL=_POOL_CODES[pool], QUANT=code, WRITE_SCALE=write_scale,
+        BLOCK_T=_BLOCK_T, BLOCK_H=_BLOCK_H, BLOCK_Q=_BLOCK_Q, num_warps=_NUM_WARPS,
     )
-    if fused:
+    if projection is None:
         return
-    if projection is not None:
-        # fp32 GEMM [B, H] x [H, P]: at B=64, H=3072, P=256 it is 50 MFLOP, a few microseconds.
-        target = torch.matmul(target, projection)  # [B, P]
+    # fp32 GEMM [B, H] x [H, P], kept fp32 (no TF32) to match the reference: at B=64, H=3072, P=256
+    # it is 50 MFLOP, a few microseconds.
+    projected = torch.matmul(target, projection)  # [B, P]
     _quantize_rows_kernel[(n_rows,)](
-        target, target.stride(0),
+        projected, projected.stride(0),
         out, out.stride(0), out.stride(1),
         scale_out, scale_out.stride(0),
-        target.shape[1],
-        QUANT=_QUANT_CODES[quant], BLOCK_SIZE=_BLOCK_D, num_warps=_NUM_WARPS,
+        projected.shape[1],
+        QUANT=_QUANT_CODES[quant], BLOCK_SIZE=_BLOCK_Q, num_warps=_NUM_WARPS,
     )

@@ -369,22 +369,27 @@ def compile_sm90(fn, types, consts, aligned=()):
 
 pool_types = dict(X_ptr="*bf16", X_row_stride="i32", X_tok_stride="i32", Len_ptr="*i64", Out_ptr="*fp16",
                   Out_row_stride="i32", Out_col_stride="i32", Scale_ptr="*fp32", Scale_stride="i32",
-                  n_tok="i32", n_cols="i32")
+                  Scratch_ptr="*fp32", Count_ptr="*i32", n_tok="i32", n_cols="i32")
 aligned = ("X_ptr", "X_row_stride", "X_tok_stride", "Out_ptr", "n_cols")
-for pool in range(4):
-    base = dict(POOL=pool, WRITE_SCALE=True, BLOCK_T=K._BLOCK_T, BLOCK_H=K._BLOCK_H)
-    ptx = compile_sm90(K._pool_quant_kernel, pool_types, base, aligned).asm["ptx"]
+for pool, (quant, out) in itertools.product(range(4), enumerate(("*fp32", "*fp16", "*i8", "*u8"))):
+    base = dict(POOL=pool, QUANT=quant, WRITE_SCALE=True, BLOCK_T=K._BLOCK_T, BLOCK_H=K._BLOCK_H, BLOCK_Q=K._BLOCK_Q)
+    ptx = compile_sm90(K._pool_quant_kernel, dict(pool_types, Out_ptr=out), base, aligned).asm["ptx"]
     if pool != 2:  # the streaming pools must load 16 bytes per instruction
         assert "ld.global.v4.b32" in ptx, f"pool {pool}: no 128-bit loads"
+    if quant >= 2:  # the arrival counter orders the scratch stores: barrier, then acq_rel atomic, L2 reads
+        atom = re.search(r"atom\.global\.gpu\.acq_rel\.add|atom\.acq_rel\.gpu\.global\.add", ptx)
+        assert atom, "no acq_rel gpu-scope atomic add"
+        assert "bar.sync" in ptx[:atom.start()], "no barrier before the arrival atomic"
+        assert "ld.global.cg" in ptx[atom.start():], "the last program must read the scratch from L2"
     # Triton turns int arguments equal to 1 into constants: T = 1, H = 1, unit strides
     ones = dict(base, n_tok=1, n_cols=1, X_tok_stride=1, Out_col_stride=1, Scale_stride=1)
-    compile_sm90(K._pool_quant_kernel, pool_types, ones)
+    compile_sm90(K._pool_quant_kernel, dict(pool_types, Out_ptr=out), ones)
 quant_types = dict(V_ptr="*fp32", V_row_stride="i32", Out_ptr="*u8", Out_row_stride="i32", Out_col_stride="i32",
                    Scale_ptr="*fp32", Scale_stride="i32", n_cols="i32")
 for quant, out in enumerate(("*fp32", "*fp16", "*i8", "*u8")):
-    consts = dict(QUANT=quant, BLOCK_SIZE=K._BLOCK_D, Out_col_stride=1, Scale_stride=1)
+    consts = dict(QUANT=quant, BLOCK_SIZE=K._BLOCK_Q)
     compile_sm90(K._quantize_rows_kernel, dict(quant_types, Out_ptr=out), consts)
-assert "n_cols" in K._quantize_rows_kernel.do_not_specialize
+    compile_sm90(K._quantize_rows_kernel, dict(quant_types, Out_ptr=out), dict(consts, n_cols=1, Out_col_stride=1))
 print("compiled")
 '''
 
