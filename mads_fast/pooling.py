@@ -130,6 +130,7 @@ def dequantize(q, scale, quant: str, dim: int):
     return q.to(torch.float32)[:, :dim] * s
 
 
+@torch.no_grad()  # features are never differentiated; a hook may see tensors that require grad
 def pool_quant(hidden: torch.Tensor, lengths: torch.Tensor, pool: str, quant: str,
                projection: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None,
                scale_out: Optional[torch.Tensor] = None, backend: str = "auto"):

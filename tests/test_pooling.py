@@ -409,3 +409,12 @@ def test_kernels_compile_for_sm90(tmp_path):
     if result.returncode != 0 and "ptxas" in result.stderr and "not found" in result.stderr.lower():
         pytest.skip("ptxas is not available")
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_hidden_that_requires_grad_gives_plain_features(backend):
+    hidden, lengths = make_batch((2, 5, 9), seed=9)
+    hidden.requires_grad_(True)  # a hook can see activations of a model left in training mode
+    q, scale = pool_quant(hidden, lengths, "mean", "int8", backend=backend)
+    assert not q.requires_grad and not scale.requires_grad
+    assert_matches_reference(q, scale, hidden.detach(), lengths, "mean", "int8")
