@@ -135,10 +135,13 @@ def main(argv=None):
     parser.add_argument("--pools", default=",".join(POOLS))
     parser.add_argument("--quants", default=",".join(QUANTS))
     parser.add_argument("--reps", type=int, default=20, help="CPU repetitions")
+    parser.add_argument("--threads", type=int, default=0, help="CPU torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
@@ -183,6 +186,8 @@ def main(argv=None):
                 read = int(lengths.sum()) * args.hidden * hidden.element_size() if pool != "last" \
                     else args.batch * args.hidden * hidden.element_size()
                 moved = read + out.numel() * out.element_size() + args.batch * 4
+                if projection is not None:
+                    moved += projection.numel() * 4  # R is read once per call
                 gbps = moved / (fused_ms[0] * 1e-3) / 1e9
                 row.update(reference_ms=ref_ms, fused_ms=fused_ms, bytes=moved, gbps=gbps, peak_gbps=peak,
                            copy_gbps=copy_gbps, pct_peak=None if peak is None else 100 * gbps / peak)
