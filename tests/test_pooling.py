@@ -6,6 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mads_fast.errors import BackendUnavailableError, InputError
 from mads_fast.pooling import (POOLS, QUANTS, dequantize, make_projection, out_dtype, out_width, pool_quant,
@@ -418,3 +420,16 @@ def test_hidden_that_requires_grad_gives_plain_features(backend):
     q, scale = pool_quant(hidden, lengths, "mean", "int8", backend=backend)
     assert not q.requires_grad and not scale.requires_grad
     assert_matches_reference(q, scale, hidden.detach(), lengths, "mean", "int8")
+
+
+# --- random shapes ----------------------------------------------------------------------------
+
+@settings(max_examples=30, deadline=None, database=None, derandomize=True)
+@given(n_rows=st.integers(1, 4), n_tok=st.integers(1, 40), n_cols=st.integers(1, 300),
+       pool=st.sampled_from(POOLS), quant=st.sampled_from(QUANTS), project=st.sampled_from([0, 0, 1, 17]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 2 ** 16))
+def test_triton_matches_reference_on_random_shapes(n_rows, n_tok, n_cols, pool, quant, project, dtype, seed):
+    hidden, lengths = make_batch((n_rows, n_tok, n_cols), dtype, seed=seed)
+    projection = make_projection(n_cols, project, seed=seed) if project else None
+    q, scale = pool_quant(hidden, lengths, pool, quant, projection, backend="triton")
+    assert_matches_reference(q, scale, hidden, lengths, pool, quant, projection, atol=2e-5, rtol=1e-4)
