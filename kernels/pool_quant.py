@@ -29,9 +29,12 @@ import triton.language as tl
 _POOL_CODES = {"mean": 0, "max": 1, "last": 2, "active": 3}
 _QUANT_CODES = {"fp32": 0, "fp16": 1, "int8": 2, "bit": 3}
 
-# 16 tokens x 128 bf16 columns = 4 KiB in flight per program per step with 4 warps: two 16-byte
-# loads per thread, and a 256-byte contiguous run per token row (full 128-byte sectors).
-_BLOCK_T = 16
+# 32 tokens x 128 bf16 columns = 8 KiB in flight per program per step (Triton does not pipeline this
+# loop: no cp.async in the sm_90 PTX), four 16-byte loads per thread, 256-byte contiguous runs per
+# token row. Little's law for an H100: 3.35 TB/s x ~0.7 us latency = ~2.3 MB in flight; B=64 at H=576
+# gives 320 programs x 8 KiB = 2.6 MB. sm_90 ptxas: 56 registers, no spills (16 tokens: 40 registers
+# but half the bytes in flight; 64 tokens: 96 registers). Untuned on a GPU: bench/bench_kernel.py.
+_BLOCK_T = 32
 _BLOCK_H = 128
 _BLOCK_Q = 512  # quantisation: columns per step; a multiple of 8 so bytes never straddle steps
 _NUM_WARPS = 4
