@@ -18,7 +18,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PAD = 1e4  # put in padded positions: any leak shifts a mean by >= 1e4 / T and wins every max
 
 # (B, T, H): one token, one column, H not a multiple of the 128-wide block, T spanning several
-# 16-token steps, B = 1.
+# 32-token steps, B = 1.
 SHAPES = [(1, 1, 1), (3, 1, 7), (5, 123, 123), (2, 17, 1000), (1, 40, 33), (4, 33, 129)]
 
 # Both twins read 16-bit inputs exactly into fp32 and accumulate in fp32, so the tolerance stays
