@@ -7,14 +7,15 @@ One pass over ``hidden`` (~99% of the bytes moved), one launch without projectio
 
 - ``_pool_quant_kernel``: grid ``(B, cdiv(H, BLOCK_H))``, one program per (row, H-block). It streams
   only the row's valid tokens (padding is never read) in ``[BLOCK_T, BLOCK_H]`` tiles loaded along
-  contiguous H (128-bit loads), so a batch of 64 rows at H=576 is 64 x 5 = 320 programs, enough to
-  fill the 132 SMs of an H100 whatever the sequence length.
+  contiguous H (128-bit loads): a batch of 64 rows at H=576 is 64 x 5 = 320 programs for the 132 SMs
+  of an H100 whatever the sequence length. A small batch of long rows (B=8 at H=576: 40 programs)
+  leaves SMs idle; splitting T as well would fix that and is not done yet.
 - ``fp32`` / ``fp16``: the quantisation is an element-wise cast, written straight to ``out``.
 - ``int8`` / ``bit`` need a statistic of the whole row (absmax, mean |v|) that spans every H-block:
   each program leaves its pooled block in an fp32 scratch ``[B, H]`` and bumps a per-row arrival
   counter; the program that arrives last for a row quantises that row (``_quantize_row``). The scratch
-  is 4 bytes per pooled value against 2 * T bytes of fp16 hidden read for it (0.8% at T=256) and
-  stays in L2. The last program recomputes the statistic over the row in a fixed order, so results
+  costs 8 bytes per pooled value (written, read back from L2) against 2 * T bytes of bf16 hidden read
+  for it: 1.6% at T=256. The last program recomputes the statistic over the row in a fixed order, so results
   do not depend on which program finishes last.
 - with a projection the whole pooled row is needed first: pool to the scratch, ``torch.matmul`` with
   ``R``, then ``_quantize_rows_kernel`` (one program per row, the same ``_quantize_row``).
