@@ -17,6 +17,8 @@ One pass over ``hidden`` (~99% of the bytes moved), one launch without projectio
   costs 8 bytes per pooled value (written, read back from L2) against 2 * T bytes of bf16 hidden read
   for it: 1.6% at T=256. The last program recomputes the statistic over the row in a fixed order, so results
   do not depend on which program finishes last.
+- an optional ``offset [D]`` (a dataset mean) is subtracted from the pooled row in registers, or from
+  the projected row as ``_quantize_row`` loads it: centring costs D * 4 bytes per program, no pass.
 - with a projection the whole pooled row is needed first: pool to the scratch, ``torch.matmul`` with
   ``R``, then ``_quantize_rows_kernel`` (one program per row, the same ``_quantize_row``).
 """
@@ -42,13 +44,23 @@ _NUM_WARPS = 4
 
 
 @triton.jit
+def _load_centred(V_row, Off_ptr, cols, mask, HAS_OFFSET: tl.constexpr, CACHE: tl.constexpr):
+    v = tl.load(V_row + cols, mask=mask, other=0.0, cache_modifier=CACHE)
+    if HAS_OFFSET:
+        v = v - tl.load(Off_ptr + cols, mask=mask, other=0.0)
+    return v
+
+
+@triton.jit
 def _quantize_row(
     V_row,  # one fp32 row [n_cols]
+    Off_ptr,  # offset [n_cols] fp32, subtracted before quantising when HAS_OFFSET
     Out_row,  # its output row [W]: W = n_cols, or ceil(n_cols / 8) bytes for bit
     Out_col_stride,
     Scale_ptr,  # its scale, fp32
     n_cols,
     QUANT: tl.constexpr,
+    HAS_OFFSET: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     CACHE: tl.constexpr,  # ".cg" reads another program's writes from L2, never a stale L1 line
 ):
@@ -58,13 +70,13 @@ def _quantize_row(
         total = tl.zeros((BLOCK_SIZE,), tl.float32)
         for start in range(0, n_cols, BLOCK_SIZE):
             cols = start + tl.arange(0, BLOCK_SIZE)
-            total += tl.abs(tl.load(V_row + cols, mask=cols < n_cols, other=0.0, cache_modifier=CACHE))
+            total += tl.abs(_load_centred(V_row, Off_ptr, cols, cols < n_cols, HAS_OFFSET, CACHE))
         scale = tl.math.div_rn(tl.sum(total, axis=0), n_cols_f)
         bit_idx = tl.arange(0, 8)  # [8]
         for start in range(0, n_cols, BLOCK_SIZE):
             byte_idx = start // 8 + tl.arange(0, BLOCK_SIZE // 8)  # [BLOCK_SIZE / 8]
             cols = byte_idx[:, None] * 8 + bit_idx[None, :]  # [BLOCK_SIZE / 8, 8]
-            v = tl.load(V_row + cols, mask=cols < n_cols, other=0.0, cache_modifier=CACHE)
+            v = _load_centred(V_row, Off_ptr, cols, cols < n_cols, HAS_OFFSET, CACHE)
             bits = tl.where(v > 0.0, 1, 0) << bit_idx[None, :]  # masked tail: v = 0 -> bit 0
             packed = tl.sum(bits, axis=1)  # disjoint bits: sum == or
             tl.store(Out_row + byte_idx * Out_col_stride, packed.to(tl.uint8), mask=byte_idx * 8 < n_cols)
@@ -72,7 +84,7 @@ def _quantize_row(
         absmax = tl.zeros((BLOCK_SIZE,), tl.float32)
         for start in range(0, n_cols, BLOCK_SIZE):
             cols = start + tl.arange(0, BLOCK_SIZE)
-            v = tl.load(V_row + cols, mask=cols < n_cols, other=0.0, cache_modifier=CACHE)
+            v = _load_centred(V_row, Off_ptr, cols, cols < n_cols, HAS_OFFSET, CACHE)
             absmax = tl.maximum(absmax, tl.abs(v))
         # div_rn: IEEE division like torch; plain '/' lowers to an approximate divide on NVIDIA.
         scale = tl.math.div_rn(tl.max(absmax, axis=0), 127.0)
@@ -80,7 +92,7 @@ def _quantize_row(
         for start in range(0, n_cols, BLOCK_SIZE):
             cols = start + tl.arange(0, BLOCK_SIZE)
             mask = cols < n_cols
-            v = tl.load(V_row + cols, mask=mask, other=0.0, cache_modifier=CACHE)
+            v = _load_centred(V_row, Off_ptr, cols, mask, HAS_OFFSET, CACHE)
             mag = tl.minimum(tl.floor(tl.math.div_rn(tl.abs(v), safe) + 0.5), 127.0)
             q = tl.where(v < 0.0, -mag, mag)
             tl.store(Out_row + cols * Out_col_stride, q.to(tl.int8), mask=mask)
@@ -89,7 +101,7 @@ def _quantize_row(
         for start in range(0, n_cols, BLOCK_SIZE):
             cols = start + tl.arange(0, BLOCK_SIZE)
             mask = cols < n_cols
-            v = tl.load(V_row + cols, mask=mask, other=0.0, cache_modifier=CACHE)
+            v = _load_centred(V_row, Off_ptr, cols, mask, HAS_OFFSET, CACHE)
             tl.store(Out_row + cols * Out_col_stride, v.to(Out_row.dtype.element_ty), mask=mask)
     tl.store(Scale_ptr, scale)
 
@@ -107,11 +119,13 @@ def _pool_quant_kernel(
     Scale_stride,
     Scratch_ptr,  # int8 / bit: fp32 pooled rows [B, H], contiguous
     Count_ptr,  # int8 / bit: per-row arrival counter [B] int32, zeroed by the host
+    Off_ptr,  # offset [H] fp32, subtracted from the pooled row when HAS_OFFSET
     n_tok,
     n_cols,
     POOL: tl.constexpr,
     QUANT: tl.constexpr,
     WRITE_SCALE: tl.constexpr,
+    HAS_OFFSET: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_Q: tl.constexpr,
@@ -150,6 +164,8 @@ def _pool_quant_kernel(
             pooled = tl.max(acc, axis=0)
         else:
             pooled = tl.math.div_rn(tl.sum(acc, axis=0), n_valid.to(tl.float32))
+    if HAS_OFFSET:
+        pooled = pooled - tl.load(Off_ptr + cols, mask=col_mask, other=0.0)
 
     if QUANT < 2:  # fp32 / fp16: cast and store this block
         out_ptrs = Out_ptr + row.to(tl.int64) * Out_row_stride + cols * Out_col_stride
@@ -165,8 +181,8 @@ def _pool_quant_kernel(
         tl.debug_barrier()
         arrived = tl.atomic_add(Count_ptr + row, 1, sem="acq_rel", scope="gpu")
         if arrived == tl.num_programs(1) - 1:
-            _quantize_row(scratch_row, Out_ptr + row.to(tl.int64) * Out_row_stride, Out_col_stride,
-                          Scale_ptr + row * Scale_stride, n_cols, QUANT, BLOCK_Q, ".cg")
+            _quantize_row(scratch_row, Off_ptr, Out_ptr + row.to(tl.int64) * Out_row_stride, Out_col_stride,
+                          Scale_ptr + row * Scale_stride, n_cols, QUANT, False, BLOCK_Q, ".cg")
 
 
 @triton.jit
@@ -178,18 +194,21 @@ def _quantize_rows_kernel(
     Out_col_stride,
     Scale_ptr,  # scale [B] fp32
     Scale_stride,
+    Off_ptr,  # offset [D] fp32, subtracted before quantising when HAS_OFFSET
     n_cols,
     QUANT: tl.constexpr,
+    HAS_OFFSET: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
     row = tl.program_id(0)
-    _quantize_row(V_ptr + row.to(tl.int64) * V_row_stride, Out_ptr + row.to(tl.int64) * Out_row_stride,
-                  Out_col_stride, Scale_ptr + row * Scale_stride, n_cols, QUANT, BLOCK_SIZE, "")
+    _quantize_row(V_ptr + row.to(tl.int64) * V_row_stride, Off_ptr, Out_ptr + row.to(tl.int64) * Out_row_stride,
+                  Out_col_stride, Scale_ptr + row * Scale_stride, n_cols, QUANT, HAS_OFFSET, BLOCK_SIZE, "")
 
 
-def pool_quant_triton(hidden, lengths, pool, quant, projection, out, scale_out):
+def pool_quant_triton(hidden, lengths, pool, quant, projection, out, scale_out, offset=None):
     """Launch the kernels: ``hidden [B, T, H]``, ``lengths [B]`` (same device), optional fp32
-    ``projection [H, P]``; writes ``out [B, W]`` and ``scale_out [B]`` in place (views allowed).
+    ``projection [H, P]`` and fp32 contiguous ``offset [D]`` (subtracted from the pooled, projected
+    row before quantising); writes ``out [B, W]`` and ``scale_out [B]`` in place (views allowed).
 
     Arguments are assumed validated by ``mads_fast.pooling.pool_quant``.
     """
@@ -208,14 +227,16 @@ def pool_quant_triton(hidden, lengths, pool, quant, projection, out, scale_out):
         count = torch.zeros(n_rows, dtype=torch.int32, device=hidden.device)  # [B]
     else:
         scratch, count = target, lengths  # unused by the fp32 / fp16 specialisations
+    pool_offset = offset if projection is None else None  # with a projection it applies to [B, P]
     _pool_quant_kernel[grid](
         hidden, hidden.stride(0), hidden.stride(1),
         lengths,
         target, target.stride(0), target.stride(1),
         scale_out, scale_out.stride(0),
         scratch, count,
+        scale_out if pool_offset is None else pool_offset,  # a dummy pointer when there is no offset
         n_tok, n_cols,
-        POOL=_POOL_CODES[pool], QUANT=code, WRITE_SCALE=write_scale,
+        POOL=_POOL_CODES[pool], QUANT=code, WRITE_SCALE=write_scale, HAS_OFFSET=pool_offset is not None,
         BLOCK_T=_BLOCK_T, BLOCK_H=_BLOCK_H, BLOCK_Q=_BLOCK_Q, num_warps=_NUM_WARPS,
     )
     if projection is None:
@@ -227,6 +248,7 @@ def pool_quant_triton(hidden, lengths, pool, quant, projection, out, scale_out):
         projected, projected.stride(0),
         out, out.stride(0), out.stride(1),
         scale_out, scale_out.stride(0),
+        scale_out if offset is None else offset,
         projected.shape[1],
-        QUANT=_QUANT_CODES[quant], BLOCK_SIZE=_BLOCK_Q, num_warps=_NUM_WARPS,
+        QUANT=_QUANT_CODES[quant], HAS_OFFSET=offset is not None, BLOCK_SIZE=_BLOCK_Q, num_warps=_NUM_WARPS,
     )

@@ -9,7 +9,9 @@ Steps, all accumulated in float32:
 1. pool over the valid tokens of each row (``hidden`` is right-padded: token ``t`` of row ``b`` is
    valid iff ``t < lengths[b]``): ``mean``, ``max``, ``last`` (token ``lengths[b] - 1``) or
    ``active`` (fraction of valid tokens on which a unit is > 0; meant for MLP neurons);
-2. optionally project: ``pooled [B, H] @ R [H, P]`` with ``R = make_projection(H, P, seed)``;
+2. optionally project: ``pooled [B, H] @ R [H, P]`` with ``R = make_projection(H, P, seed)``, and
+   optionally subtract an ``offset [D]`` (a dataset mean: int8 around the mean keeps the small
+   dimensions that a few "massive" ones would otherwise round to zero);
 3. quantise: ``fp32``, ``fp16``, ``int8`` with a per-row scale, or ``bit`` (1 bit per dimension,
    packed 8 per byte). Every mode returns a float32 scale per row so that ``dequantize`` is uniform:
    1.0 for the float modes, ``absmax / 127`` for int8, ``mean |v|`` for bit.
@@ -62,8 +64,9 @@ def make_projection(in_dim: int, out_dim: int, seed: int) -> torch.Tensor:
 
 
 def pool_quant_reference(hidden: torch.Tensor, lengths: torch.Tensor, pool: str, quant: str,
-                         projection: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Plain torch pool -> (project) -> quantise. Returns ``(q [B, W], scale [B] float32)``."""
+                         projection: Optional[torch.Tensor] = None,
+                         offset: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Plain torch pool -> (project) -> (subtract offset) -> quantise. Returns ``(q [B, W], scale [B] fp32)``."""
     x = hidden.float()  # [B, T, H]
     n_rows, n_tok, _ = x.shape
     lengths = lengths.to(device=x.device, dtype=torch.int64)  # [B]
@@ -81,6 +84,8 @@ def pool_quant_reference(hidden: torch.Tensor, lengths: torch.Tensor, pool: str,
         _check_choice(pool, POOLS, "pool")
     if projection is not None:
         pooled = pooled @ projection.to(device=x.device, dtype=torch.float32)  # [B, P]
+    if offset is not None:
+        pooled = pooled - offset.to(device=x.device, dtype=torch.float32)  # [B, D]
     return quantize_reference(pooled, quant)
 
 
@@ -133,13 +138,15 @@ def dequantize(q, scale, quant: str, dim: int):
 @torch.no_grad()  # features are never differentiated; a hook may see tensors that require grad
 def pool_quant(hidden: torch.Tensor, lengths: torch.Tensor, pool: str, quant: str,
                projection: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None,
-               scale_out: Optional[torch.Tensor] = None, backend: str = "auto"):
-    """Pool, project and quantise ``hidden [B, T, H]``; write into ``out [B, W]`` / ``scale_out [B]``.
+               scale_out: Optional[torch.Tensor] = None, backend: str = "auto",
+               offset: Optional[torch.Tensor] = None):
+    """Pool, project, centre and quantise ``hidden [B, T, H]``; write into ``out [B, W]`` / ``scale_out [B]``.
 
     ``out`` and ``scale_out`` may be preallocated views (a column slice of a wider buffer, say):
     strides are honoured and nothing outside them is touched. Returns ``(out, scale_out)``.
     ``backend="auto"`` runs the Triton kernel when ``hidden`` is on CUDA or ``TRITON_INTERPRET=1``
-    is set, else the torch reference; ``"triton"`` / ``"torch"`` force one.
+    is set, else the torch reference; ``"triton"`` / ``"torch"`` force one. ``offset [D]`` (D = P with
+    a projection, else H) is subtracted from every pooled row before quantising.
     """
     _check_choice(pool, POOLS, "pool")
     _check_choice(quant, QUANTS, "quant")
@@ -154,6 +161,10 @@ def pool_quant(hidden: torch.Tensor, lengths: torch.Tensor, pool: str, quant: st
         if not projection.is_floating_point():
             raise InputError(f"projection must be floating point, got {projection.dtype}")
         dim = projection.shape[1]
+    if offset is not None:
+        if not isinstance(offset, torch.Tensor) or offset.shape != (dim,) or not offset.is_floating_point():
+            got = tuple(offset.shape) if isinstance(offset, torch.Tensor) else type(offset).__name__
+            raise InputError(f"offset must be a floating [D={dim}] tensor, got {got}")
     width = out_width(dim, quant)
     if out is None:
         out = torch.empty(n_rows, width, dtype=out_dtype(quant), device=hidden.device)
@@ -169,9 +180,11 @@ def pool_quant(hidden: torch.Tensor, lengths: torch.Tensor, pool: str, quant: st
 
         if projection is not None:
             projection = projection.to(device=hidden.device, dtype=torch.float32)
-        pool_quant_triton(hidden, lengths.to(hidden.device), pool, quant, projection, out, scale_out)
+        if offset is not None:
+            offset = offset.to(device=hidden.device, dtype=torch.float32).contiguous()
+        pool_quant_triton(hidden, lengths.to(hidden.device), pool, quant, projection, out, scale_out, offset)
     else:
-        q, scale = pool_quant_reference(hidden, lengths, pool, quant, projection)
+        q, scale = pool_quant_reference(hidden, lengths, pool, quant, projection, offset)
         out.copy_(q)
         scale_out.copy_(scale)
     return out, scale_out

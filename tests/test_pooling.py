@@ -137,8 +137,9 @@ def test_out_width_and_dtype():
 
 # --- the Triton kernel against the reference --------------------------------------------------
 
-def assert_matches_reference(q, scale, hidden, lengths, pool, quant, projection=None, atol=1e-5, rtol=1e-5):
-    q_ref, scale_ref = pool_quant_reference(hidden, lengths, pool, quant, projection)
+def assert_matches_reference(q, scale, hidden, lengths, pool, quant, projection=None, atol=1e-5, rtol=1e-5,
+                             offset=None):
+    q_ref, scale_ref = pool_quant_reference(hidden, lengths, pool, quant, projection, offset)
     assert q.dtype == q_ref.dtype and q.shape == q_ref.shape
     torch.testing.assert_close(scale, scale_ref, atol=atol, rtol=rtol)
     if quant == "fp32":
@@ -151,7 +152,7 @@ def assert_matches_reference(q, scale, hidden, lengths, pool, quant, projection=
         assert diff.max() <= 1, "int8 differs by more than 1 LSB"
         assert (diff == 0).float().mean() >= 0.98, "more than 2% of int8 entries differ"
     else:
-        pooled, _ = pool_quant_reference(hidden, lengths, pool, "fp32", projection)  # [B, D]
+        pooled, _ = pool_quant_reference(hidden, lengths, pool, "fp32", projection, offset)  # [B, D]
         dim = pooled.shape[1]
         bits = dequantize(q, torch.ones_like(scale), "bit", dim) > 0
         bits_ref = dequantize(q_ref, torch.ones_like(scale), "bit", dim) > 0
@@ -204,6 +205,30 @@ def test_triton_with_projection_matches_reference(shape, dim, pool):
         q, scale = pool_quant(hidden, lengths, pool, quant, projection, backend="triton")
         assert q.shape == (shape[0], out_width(dim, quant))
         assert_matches_reference(q, scale, hidden, lengths, pool, quant, projection, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("projected", [False, True])
+def test_offset_is_subtracted_before_quantising(backend, projected):
+    hidden, lengths = make_batch((3, 21, 150), seed=12)
+    projection = make_projection(150, 40, seed=2) if projected else None
+    dim = 40 if projected else 150
+    plain, _ = pool_quant(hidden, lengths, "mean", "fp32", projection, backend=backend)  # [B, D]
+    offset = plain.mean(dim=0)  # [D]: the batch mean, as a calibrated dataset mean would be
+    centred, ones = pool_quant(hidden, lengths, "mean", "fp32", projection, backend=backend, offset=offset)
+    torch.testing.assert_close(centred, plain - offset, atol=1e-6, rtol=0)
+    assert torch.equal(ones, torch.ones(3, device=DEVICE))
+    for quant in ("fp16", "int8", "bit"):
+        q, scale = pool_quant(hidden, lengths, "mean", quant, projection, backend=backend, offset=offset)
+        assert_matches_reference(q, scale, hidden, lengths, "mean", quant, projection, rtol=1e-4, offset=offset)
+        # the quantised rows are the centred ones: quantising them directly gives the same codes
+        q_direct, scale_direct = quantize_reference(plain - offset, quant)
+        if quant == "int8":
+            assert (q.int() - q_direct.int()).abs().max() <= 1
+        elif quant == "bit":
+            assert (dequantize(q, scale, quant, dim) > 0)[(plain - offset).abs() > 1e-5].equal(
+                ((plain - offset) > 0)[(plain - offset).abs() > 1e-5])
+        torch.testing.assert_close(scale, scale_direct, atol=1e-6, rtol=1e-4)
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -344,6 +369,9 @@ def test_auto_backend_follows_triton_interpret(monkeypatch):
     (dict(out=torch.zeros(2, 5)), r"out must have shape \(2, 4\)"),
     (dict(out=torch.zeros(2, 4, dtype=torch.float16)), "out must be torch.float32"),
     (dict(scale_out=torch.zeros(3)), r"scale_out must have shape \(2,\)"),
+    (dict(offset=torch.zeros(3)), r"offset must be a floating \[D=4\] tensor, got \(3,\)"),
+    (dict(offset=torch.zeros(4, dtype=torch.int64)), r"offset must be a floating \[D=4\] tensor"),
+    (dict(offset=torch.zeros(4), projection=torch.zeros(4, 2)), r"offset must be a floating \[D=2\] tensor"),
 ])
 def test_bad_input_is_one_line_input_error(kwargs, message):
     args = dict(hidden=torch.zeros(2, 5, 4), lengths=torch.tensor([5, 1]), pool="mean", quant="fp32")
@@ -371,10 +399,11 @@ def compile_sm90(fn, types, consts, aligned=()):
 
 pool_types = dict(X_ptr="*bf16", X_row_stride="i32", X_tok_stride="i32", Len_ptr="*i64", Out_ptr="*fp16",
                   Out_row_stride="i32", Out_col_stride="i32", Scale_ptr="*fp32", Scale_stride="i32",
-                  Scratch_ptr="*fp32", Count_ptr="*i32", n_tok="i32", n_cols="i32")
+                  Scratch_ptr="*fp32", Count_ptr="*i32", Off_ptr="*fp32", n_tok="i32", n_cols="i32")
 aligned = ("X_ptr", "X_row_stride", "X_tok_stride", "Out_ptr", "n_cols")
 for pool, (quant, out) in itertools.product(range(4), enumerate(("*fp32", "*fp16", "*i8", "*u8"))):
-    base = dict(POOL=pool, QUANT=quant, WRITE_SCALE=True, BLOCK_T=K._BLOCK_T, BLOCK_H=K._BLOCK_H, BLOCK_Q=K._BLOCK_Q)
+    base = dict(POOL=pool, QUANT=quant, WRITE_SCALE=True, HAS_OFFSET=pool % 2 == 0, BLOCK_T=K._BLOCK_T,
+                BLOCK_H=K._BLOCK_H, BLOCK_Q=K._BLOCK_Q)
     ptx = compile_sm90(K._pool_quant_kernel, dict(pool_types, Out_ptr=out), base, aligned).asm["ptx"]
     if pool != 2:  # the streaming pools must load 16 bytes per instruction
         assert "ld.global.v4.b32" in ptx, f"pool {pool}: no 128-bit loads"
@@ -387,9 +416,9 @@ for pool, (quant, out) in itertools.product(range(4), enumerate(("*fp32", "*fp16
     ones = dict(base, n_tok=1, n_cols=1, X_tok_stride=1, Out_col_stride=1, Scale_stride=1)
     compile_sm90(K._pool_quant_kernel, dict(pool_types, Out_ptr=out), ones)
 quant_types = dict(V_ptr="*fp32", V_row_stride="i32", Out_ptr="*u8", Out_row_stride="i32", Out_col_stride="i32",
-                   Scale_ptr="*fp32", Scale_stride="i32", n_cols="i32")
-for quant, out in enumerate(("*fp32", "*fp16", "*i8", "*u8")):
-    consts = dict(QUANT=quant, BLOCK_SIZE=K._BLOCK_Q)
+                   Scale_ptr="*fp32", Scale_stride="i32", Off_ptr="*fp32", n_cols="i32")
+for (quant, out), has_offset in itertools.product(enumerate(("*fp32", "*fp16", "*i8", "*u8")), (False, True)):
+    consts = dict(QUANT=quant, HAS_OFFSET=has_offset, BLOCK_SIZE=K._BLOCK_Q)
     compile_sm90(K._quantize_rows_kernel, dict(quant_types, Out_ptr=out), consts)
     compile_sm90(K._quantize_rows_kernel, dict(quant_types, Out_ptr=out), dict(consts, n_cols=1, Out_col_stride=1))
 print("compiled")
@@ -427,9 +456,11 @@ def test_hidden_that_requires_grad_gives_plain_features(backend):
 @settings(max_examples=30, deadline=None, database=None, derandomize=True)
 @given(n_rows=st.integers(1, 4), n_tok=st.integers(1, 40), n_cols=st.integers(1, 300),
        pool=st.sampled_from(POOLS), quant=st.sampled_from(QUANTS), project=st.sampled_from([0, 0, 1, 17]),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 2 ** 16))
-def test_triton_matches_reference_on_random_shapes(n_rows, n_tok, n_cols, pool, quant, project, dtype, seed):
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), centre=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_triton_matches_reference_on_random_shapes(n_rows, n_tok, n_cols, pool, quant, project, dtype, centre, seed):
     hidden, lengths = make_batch((n_rows, n_tok, n_cols), dtype, seed=seed)
     projection = make_projection(n_cols, project, seed=seed) if project else None
-    q, scale = pool_quant(hidden, lengths, pool, quant, projection, backend="triton")
-    assert_matches_reference(q, scale, hidden, lengths, pool, quant, projection, atol=2e-5, rtol=1e-4)
+    offset = torch.linspace(-0.5, 0.5, project or n_cols, device=DEVICE) if centre else None
+    q, scale = pool_quant(hidden, lengths, pool, quant, projection, backend="triton", offset=offset)
+    assert_matches_reference(q, scale, hidden, lengths, pool, quant, projection, atol=2e-5, rtol=1e-4,
+                             offset=offset)
