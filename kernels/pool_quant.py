@@ -18,7 +18,7 @@ One pass over ``hidden`` (~99% of the bytes moved), one launch without projectio
   for it: 1.6% at T=256. The last program recomputes the statistic over the row in a fixed order, so results
   do not depend on which program finishes last.
 - an optional ``offset [D]`` (a dataset mean) is subtracted from the pooled row in registers, or from
-  the projected row as ``_quantize_row`` loads it: centring costs D * 4 bytes per program, no pass.
+  the projected row as ``_quantize_row`` loads it: 4 bytes per column, read from L2, no extra pass.
 - with a projection the whole pooled row is needed first: pool to the scratch, ``torch.matmul`` with
   ``R``, then ``_quantize_rows_kernel`` (one program per row, the same ``_quantize_row``).
 """
