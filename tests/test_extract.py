@@ -1,0 +1,174 @@
+"""Extraction into the feature store, checked against plain Hugging Face computations."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mads_fast.data import read_records
+from mads_fast.errors import InputError
+from mads_fast.extract import extract
+from mads_fast.model import load_model
+from mads_fast.store import FeatureReader, load_features
+from mads_fast.tokens import render, tokenize
+
+
+def _slice(src, dst, n, start=0):
+    with open(src, encoding="utf-8") as fh:
+        lines = [next(fh) for _ in range(start + n)][start:]
+    dst.write_text("".join(lines), encoding="utf-8")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture()
+def alpaca40(tmp_path, alpaca_path):
+    return _slice(alpaca_path, tmp_path / "alpaca40.jsonl", 40)
+
+
+def _hf_pooled(loaded, rs, layer, max_length, pool="mean", feature="hidden"):
+    """Plain Hugging Face reference: one record at a time (no padding), output_hidden_states=True."""
+    ts = tokenize([render(rs, i, loaded.tokenizer, "chat") for i in range(len(rs))], loaded.tokenizer, max_length)
+    rows = []
+    for ids in ts.ids:
+        x = torch.as_tensor(np.asarray(ids, dtype=np.int64))[None]
+        with torch.inference_mode():
+            if feature == "hidden":
+                h = loaded.model(input_ids=x, output_hidden_states=True).hidden_states[layer + 1][0]  # [T, H]
+            else:
+                seen = {}
+                mlp = loaded.layers[layer].mlp
+                hook = mlp.down_proj.register_forward_hook(lambda m, a, o: seen.__setitem__("x", a[0][0].clone()))
+                try:
+                    loaded.model(input_ids=x)
+                finally:
+                    hook.remove()
+                h = seen["x"]
+        h = h.double()
+        rows.append({"mean": h.mean(0), "max": h.amax(0), "last": h[-1], "active": (h > 0).double().mean(0)}[pool])
+    return torch.stack(rows).numpy()
+
+
+@pytest.mark.parametrize("pool, feature", [("mean", "hidden"), ("max", "hidden"), ("last", "hidden"),
+                                           ("active", "mlp")])
+def test_fp32_features_equal_plain_hf(tiny, alpaca40, tmp_path, pool, feature):
+    stats = extract(alpaca40, tmp_path / "store", model=tiny, layers="2", feature=feature, pool=pool,
+                    quant="fp32", max_length=64, tokens_per_batch=512, shard_size=16, progress=False)
+    assert stats.n_records == 40 and stats.n_shards_written == 3 and not stats.reused
+    assert stats.truncated > 0  # max_length 64 cuts some Alpaca records: counted
+    ids, feats = load_features(tmp_path / "store", raw=True)
+    rs = read_records(alpaca40)
+    assert list(ids) == rs.ids
+    ref = _hf_pooled(tiny, rs, 2, 64, pool, feature)
+    np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_int8_around_offset_keeps_direction(tiny, alpaca40, tmp_path):
+    extract(alpaca40, tmp_path / "f32", model=tiny, layers="1", quant="fp32", max_length=128, progress=False)
+    extract(alpaca40, tmp_path / "i8", model=tiny, layers="1", quant="int8", max_length=128, progress=False)
+    _, exact = load_features(tmp_path / "f32", raw=False)
+    _, approx = load_features(tmp_path / "i8", raw=False)
+    cos = np.sum(exact * approx, axis=1)
+    assert cos.min() >= 0.995, cos.min()
+    # the store really holds int8 plus one float32 scale per row: D + 4 bytes per example
+    reader = FeatureReader(tmp_path / "i8")
+    assert reader.manifest["dtype"] == "int8" and reader.manifest["n_scales"] == 1
+
+
+def test_multi_layer_projection_bit(tiny, alpaca40, tmp_path):
+    extract(alpaca40, tmp_path / "s", model=tiny, layers="1,3", feature="mlp", pool="mean", project=16,
+            quant="bit", max_length=64, progress=False)
+    reader = FeatureReader(tmp_path / "s")
+    assert reader.manifest["dim"] == 32 and reader.manifest["width"] == 4 and reader.manifest["n_scales"] == 2
+    _, raw = load_features(tmp_path / "s", raw=True)
+    assert raw.shape == (40, 32) and np.isfinite(raw).all()
+
+
+def test_store_reused_and_mismatch_is_an_error(tiny, alpaca40, tmp_path):
+    store = tmp_path / "store"
+    extract(alpaca40, store, model=tiny, layers="2", quant="fp16", max_length=64, progress=False)
+    before = {p.name: p.read_bytes() for p in store.glob("shard-*")}
+    again = extract(alpaca40, store, model=tiny, layers="2", quant="fp16", max_length=64, progress=False)
+    assert again.reused and again.n_shards_written == 0
+    assert {p.name: p.read_bytes() for p in store.glob("shard-*")} == before
+    with pytest.raises(InputError, match="feature_spec.layers"):
+        extract(alpaca40, store, model=tiny, layers="1", quant="fp16", max_length=64, progress=False)
+
+
+def test_bad_options_are_input_errors(tiny, alpaca40, tmp_path):
+    for kwargs, match in [(dict(pool="median"), "--pool"), (dict(quant="int4"), "--quant"),
+                          (dict(max_length=0), "--max-length"), (dict(project=-3), "--project"),
+                          (dict(layers="9"), "--layers")]:
+        with pytest.raises(InputError, match=match):
+            extract(alpaca40, tmp_path / "x", model=tiny, progress=False, **kwargs)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_killed_extraction_resumes_byte_identical(tiny_model_dir, alpaca_path, tmp_path):
+    data = _slice(alpaca_path, tmp_path / "a.jsonl", 240)
+    args = [sys.executable, "-m", "mads_fast.cli", "extract", str(data), "--model", str(tiny_model_dir),
+            "--layers", "3", "--max-length", "96", "--shard-size", "4", "--tokens-per-batch", "256", "--quiet"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    full = tmp_path / "full"
+    subprocess.run(args + ["--store", str(full)], check=True, env=env, timeout=600)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(args + ["--store", str(killed)], env=env)
+    deadline = time.time() + 300
+    while not list(killed.glob("shard-*.done")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(killed.glob("shard-*.done")))
+    assert 1 <= done < 60, f"the kill must land mid-run (done shards: {done} of 60)"
+    assert not json.loads((killed / "manifest.json").read_text())["complete"]
+
+    subprocess.run(args + ["--store", str(killed)], check=True, env=env, timeout=600)
+    names = sorted(p.name for p in full.iterdir() if p.name != "manifest.json")
+    assert names == sorted(p.name for p in killed.iterdir() if p.name != "manifest.json")
+    for name in names:
+        assert (full / name).read_bytes() == (killed / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_real_model_matches_hugging_face(smollm2_path, alpaca_path, tmp_path):
+    """SmolLM2-135M-Instruct, layer 20, mean-pooled residual stream, fp16 store, against a plain HF loop."""
+    data = _slice(alpaca_path, tmp_path / "a.jsonl", 32, start=100)
+    loaded = load_model(smollm2_path, device="cpu")
+    extract(data, tmp_path / "store", model=loaded, layers="20", quant="fp16", max_length=256, progress=False)
+    _, ours = load_features(tmp_path / "store", raw=True)
+    rs = read_records(data)
+    ts = tokenize([render(rs, i, loaded.tokenizer, "chat") for i in range(len(rs))], loaded.tokenizer, 256)
+    # the naive way: padded batches, attention mask, output_hidden_states=True, masked mean afterwards
+    ref = []
+    for start in range(0, len(rs), 8):
+        ids = [ts.ids[i] for i in range(start, min(len(rs), start + 8))]
+        width = max(len(x) for x in ids)
+        x = torch.full((len(ids), width), loaded.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for r, row in enumerate(ids):
+            x[r, :len(row)] = torch.as_tensor(np.asarray(row, dtype=np.int64))
+            mask[r, :len(row)] = 1
+        with torch.inference_mode():
+            h = loaded.model(input_ids=x, attention_mask=mask, output_hidden_states=True).hidden_states[21]
+        m = mask[:, :, None].double()
+        ref.append(((h.double() * m).sum(1) / m.sum(1)).numpy())
+    ref = np.concatenate(ref)
+    cos = np.sum(ours * ref, axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() >= 0.999, cos
+    # the raw features are anisotropic (the design's measurement); centring must fix it
+    raw_unit = ours / np.linalg.norm(ours, axis=1, keepdims=True)
+    assert (raw_unit @ raw_unit.T)[np.triu_indices(32, 1)].mean() > 0.9
+    _, centred = load_features(tmp_path / "store", raw=False)
+    assert abs((centred @ centred.T)[np.triu_indices(32, 1)].mean()) < 0.2
