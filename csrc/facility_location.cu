@@ -15,8 +15,9 @@
 // fresh gains. After a pick only the rows whose cur changed (compacted with cub::DeviceSelect, stable)
 // update the kept gains, so a pick costs O(changed x kept) instead of O(N x kept).
 //
-// Registers (nvcc 13.0 -Xptxas -v, sm_90; sm_80 within 2): clip_gain_kernel<int8> 24, <fp32> 22,
-// normalise_rows_kernel 18-20, drop_kernel 22, gather_rows_kernel 16; no spills, no local memory.
+// Registers (nvcc 13.0 -Xptxas -v, sm_80 and sm_90 alike): clip_gain_kernel 32, normalise_rows_kernel 32,
+// drop_kernel 32 (34 on sm_80), gather_rows_kernel 32, int8_inverse_norms_kernel 30, the rest <= 29; no
+// spills, no stack. (cub's select sweep kernel spills 12 bytes on sm_80; it runs once per pick on N bytes.)
 #include "facility_location.cuh"
 
 #include <cublas_v2.h>
@@ -392,7 +393,9 @@ struct DenseSimilarityCuda::State {
   // Candidates idx[0..m) (m <= cols): gather, GEMM, epilogue. Gains land in gains_h after sync().
   void pass(const int64_t* idx_host, int64_t m, const float* cur, float* dst, int64_t ldd, const int* slots_host,
             bool want_gains) {
-    const int64_t mpad = round_up(m, 8);
+    // cuBLAS n padded with zero candidates to a multiple of 32: small-n int8 GEMMs are where IMMA kernels
+    // are fussiest (torch's _int_mm refuses n <= 16), and the extra columns cost nothing here.
+    const int64_t mpad = round_up(m, 32);
     std::copy(idx_host, idx_host + m, idx_h.get());
     MADS_CUDA(cudaMemcpyAsync(idx.get(), idx_h.get(), m * sizeof(int64_t), cudaMemcpyHostToDevice, stream));
     if (slots_host) {
@@ -558,7 +561,7 @@ DenseSimilarityCuda::DenseSimilarityCuda(const Matrix& X, const std::string& pre
 
   // One GEMM output tile: as many columns as fit in scratch_bytes, never fewer than one padded batch.
   const int64_t scratch = scratch_bytes > 0 ? scratch_bytes : kDefaultScratch;
-  s.cols = std::min<int64_t>(8192, std::max<int64_t>(round_up(kDefaultBatch, 8), scratch / (4 * s.npad) / 8 * 8));
+  s.cols = std::min<int64_t>(8192, std::max<int64_t>(round_up(kDefaultBatch, 32), scratch / (4 * s.npad) / 32 * 32));
   s.nrb = int((s.n + kRowsPerBlock - 1) / kRowsPerBlock);
   s.cand.allocate(s.cols * s.dpad * s.elem);
   s.R.allocate(s.cols * s.npad * 4);
@@ -635,14 +638,15 @@ void DenseSimilarityCuda::columns_device(const int64_t* idx, int64_t m, float* o
 void DenseSimilarityCuda::column_sums(double* out) {
   State& s = *s_;
   DeviceScope scope(s.device);
+  std::vector<int64_t> idx(size_t(s.cols));
   for (int64_t j0 = 0; j0 < s.n; j0 += s.cols) {
     const int64_t m = std::min(s.cols, s.n - j0);
-    // Candidates j0.. are contiguous rows of X: the GEMM reads them in place, no gather.
-    s.gemm(static_cast<const unsigned char*>(s.x) + j0 * s.ldx * s.elem, s.ldx, m);
-    s.epilogue(m, s.prec == Prec::kInt8 ? s.inv.get() + j0 : nullptr, nullptr, nullptr, 0, nullptr, true);
-    MADS_CUDA(cudaMemcpyAsync(out + j0, s.gains.get(), m * sizeof(double), cudaMemcpyDeviceToHost, s.stream));
+    // Gathered like any candidates (one extra read of X in total), so the last tile is zero-padded too.
+    for (int64_t c = 0; c < m; ++c) idx[c] = j0 + c;
+    s.pass(idx.data(), m, nullptr, nullptr, 0, nullptr, true);
+    s.sync();
+    std::copy(s.gains_h.get(), s.gains_h.get() + m, out + j0);
   }
-  s.sync();
 }
 
 // ------------------------------------------------------------------------------------------ lazy greedy

@@ -1,0 +1,294 @@
+"""CUDA backend: picks against the C++ backend and a naive float64 greedy written here, device input read
+in place (torch, CuPy), the GPU kNN graph against the NumPy one, determinism, memory bounds.
+
+GPU tests carry the ``gpu`` marker and skip with the reason when ``mads_fast._solver_cuda`` does not load
+or sees no device; the glue's input checks and the kNN tie rule also run here on the CPU.
+"""
+import numpy as np
+import pytest
+
+from mads_fast.errors import InputError
+from mads_fast.solver import FacilityLocation, available_backends
+from mads_fast.solver._knn import knn_graph
+from mads_fast.solver._lazy import lazy_greedy
+from mads_fast.solver._numpy_impl import NumpyDense
+from mads_fast.solver._oracles import SparseOracle
+from mads_fast.solver._tie import TIE_ABS, TIE_REL
+
+
+@pytest.fixture(scope="module")
+def cuda():
+    from mads_fast.solver._backends import load_native
+
+    if "cuda" not in available_backends():
+        try:
+            load_native("cuda")
+        except Exception as exc:  # noqa: BLE001 - the reason is the skip message
+            pytest.skip(f"cuda backend unavailable: {exc}")
+    from mads_fast.solver import _cuda
+
+    return _cuda
+
+
+@pytest.fixture(scope="module")
+def torch_cuda(cuda):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    return torch
+
+
+def reference_backend():
+    return "cpp" if "cpp" in available_backends() else "numpy"
+
+
+# ---------------------------------------------------------------------------------------------- data
+def cosine64(X):
+    """float64 [N, N] clipped cosine similarity; zero rows are similar to nothing, themselves included."""
+    X = np.asarray(X, dtype=np.float64)
+    norms = np.linalg.norm(X, axis=1)
+    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    Xn = X * inv[:, None]
+    return np.maximum(Xn @ Xn.T, 0.0)
+
+
+def naive_greedy(S, k):
+    """Every gain exact each step over the full float64 matrix; lowest index within tau of the best."""
+    cur = np.zeros(S.shape[0])
+    picks = []
+    for _ in range(k):
+        g = np.maximum(S - cur[:, None], 0).sum(axis=0)  # [N]
+        g[picks] = -np.inf
+        best = g.max()
+        picks.append(int(np.flatnonzero(g >= best - (TIE_ABS + TIE_REL * abs(best)))[0]))
+        cur = np.maximum(cur, S[:, picks[-1]])
+    return np.array(picks)
+
+
+def make(kind, n, d, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        X = rng.normal(size=(n, d))
+    elif kind == "clustered":
+        C = rng.normal(size=(5, d))
+        X = C[rng.integers(0, 5, n)] + 0.3 * rng.normal(size=(n, d))
+    else:  # "ties": a few distinct rows repeated, plus zero rows: many exactly equal gains
+        base = rng.normal(size=(4, d))
+        X = base[rng.integers(0, 4, n)]
+        X[rng.random(n) < 0.15] = 0.0
+    if dtype == "int8":
+        scale = 127.0 / max(1e-12, float(np.abs(X).max()))
+        return np.clip(np.round(X * scale), -127, 127).astype(np.int8)
+    return X.astype(np.float32)
+
+
+def int8_reference_similarity(X):
+    """float64 [N, N] of the int8 rule: exact dots, rounded to float32, times the float32 inverse norms."""
+    Xd = X.astype(np.float64)
+    inv = NumpyDense(X).inv.astype(np.float32)  # [N]
+    dots = (Xd @ Xd.T).astype(np.float32)
+    return np.maximum(dots * inv[:, None] * inv[None, :], 0).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------- CPU glue checks
+def test_is_device_array_rejects_host_arrays():
+    from mads_fast.solver._cuda import is_device_array
+
+    torch = pytest.importorskip("torch")
+    assert not is_device_array(np.zeros((2, 3), np.float32))
+    assert not is_device_array(torch.zeros(2, 3))  # a CPU tensor goes the host path
+
+    class FakeDevice:
+        __cuda_array_interface__ = {"shape": (2, 3), "typestr": "<f4", "data": (0, False), "version": 3}
+
+    assert is_device_array(FakeDevice())
+
+
+@pytest.mark.parametrize("shape, typestr, match", [((2, 3, 4), "<f4", "2-D"), ((0, 3), "<f4", "no rows"),
+                                                   ((3, 0), "<f4", "no feature"), ((3, 4), "<f8", "float32 or int8")])
+def test_as_device_features_rejects_bad_interfaces(shape, typestr, match):
+    from mads_fast.solver._cuda import as_device_features
+
+    class Fake:
+        def __init__(self):
+            self.shape = shape
+            self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "data": (0, False), "version": 3}
+
+    with pytest.raises(InputError, match=match):
+        as_device_features(Fake())
+
+
+def test_knn_lowest_index_ties_match_reference():
+    """The tie fix-up of the GPU kNN graph, run on CPU tensors, against a stable sort by (-s, index)."""
+    torch = pytest.importorskip("torch")
+    from mads_fast.solver._cuda import _keep_lowest_ties
+
+    rng = np.random.default_rng(3)
+    S = rng.choice(np.array([0.0, 0.25, 0.5, 0.75], np.float32), size=(9, 40))  # [r, N], heavy ties
+    for k in (1, 5, 17, 39):
+        expected = np.sort(np.argsort(-S, axis=1, kind="stable")[:, :k], axis=1)
+        kth = np.sort(S, axis=1)[:, ::-1][:, k - 1]
+        got = _keep_lowest_ties(torch.from_numpy(S), torch.from_numpy(kth.copy()), k).numpy()
+        np.testing.assert_array_equal(got, expected)
+
+
+# ---------------------------------------------------------------------------------------------- GPU: picks
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+@pytest.mark.parametrize("kind, n, d", [("random", 1, 5), ("random", 37, 3), ("clustered", 301, 17),
+                                        ("ties", 129, 33), ("clustered", 1031, 130), ("ties", 77, 1)])
+def test_picks_match_naive_and_cpp(cuda, kind, n, d, dtype):
+    X = make(kind, n, d, dtype)
+    k = max(1, n // 4)
+    fit = FacilityLocation(k, backend="cuda").fit(X)
+    assert fit.backend_ == "cuda"
+    other = FacilityLocation(k, backend=reference_backend()).fit(X)
+    np.testing.assert_array_equal(fit.ranking_, other.ranking_)
+    np.testing.assert_allclose(fit.gains_, other.gains_, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fit.nearest_similarity_, other.nearest_similarity_, rtol=1e-5, atol=1e-6)
+    S = int8_reference_similarity(X) if dtype == "int8" else cosine64(X)
+    if n <= 400:
+        np.testing.assert_array_equal(fit.ranking_, naive_greedy(S, k))
+    # nearest_: each row's most similar pick (within float noise of the true maximum)
+    np.testing.assert_allclose(S[np.arange(n), fit.nearest_], S[:, fit.ranking_].max(axis=1), atol=1e-5)
+    assert fit.weights_.sum() == n
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch_size", [1, 7, 300])
+def test_batch_sizes_and_eviction_do_not_change_picks(cuda, batch_size):
+    X = make("clustered", 2000, 48, "int8", seed=5)
+    ref = FacilityLocation(300, backend=reference_backend()).fit(X)
+    fit = FacilityLocation(300, backend="cuda", batch_size=batch_size).fit(X)
+    np.testing.assert_array_equal(fit.ranking_, ref.ranking_)
+    assert fit.n_passes_ > 1
+
+
+@pytest.mark.gpu
+def test_engine_columns_and_sums_match_numpy(cuda):
+    for dtype, rtol in (("float32", 2e-6), ("int8", 1e-6)):
+        X = make("random", 513, 67, dtype, seed=2)
+        gpu, ref = cuda.CudaDense(X), NumpyDense(X)
+        idx = np.array([0, 512, 17, 17, 300])
+        cur = np.random.default_rng(0).random(513).astype(np.float32) * 0.3
+        S, g = gpu.columns(idx, cur)
+        S0, g0 = ref.columns(idx, cur)
+        np.testing.assert_allclose(S, S0, rtol=rtol, atol=1e-6)
+        np.testing.assert_allclose(g, g0, rtol=1e-5)
+        np.testing.assert_allclose(gpu.column_sums(), ref.column_sums(), rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_gains_are_bitwise_reproducible(cuda):
+    X = make("clustered", 5000, 64, "float32", seed=9)
+    a = cuda.CudaDense(X).lazy_greedy(500)
+    b = cuda.CudaDense(X).lazy_greedy(500)
+    np.testing.assert_array_equal(a.ranking, b.ranking)
+    assert a.gains.tobytes() == b.gains.tobytes()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["tf32", "fp16", "bf16"])
+def test_reduced_precision_keeps_the_objective(cuda, precision):
+    X = make("clustered", 800, 96, "float32", seed=4)
+    S = cosine64(X)
+    exact = naive_greedy(S, 80)
+    fast = cuda.CudaDense(X, precision=precision).lazy_greedy(80).ranking
+    assert S[:, fast].max(axis=1).sum() >= 0.995 * S[:, exact].max(axis=1).sum()
+
+
+@pytest.mark.gpu
+def test_tiles_never_hold_n_by_n(cuda):
+    n = 20000
+    X = make("random", n, 32, "int8", seed=1)
+    engine = cuda.CudaDense(X, scratch_bytes=8 << 20)
+    sums = engine.column_sums()
+    assert engine.device_bytes < n * n * 4 // 20
+    np.testing.assert_allclose(sums[:50], NumpyDense(X[:]).columns(np.arange(50))[0].sum(axis=1), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- GPU: device input
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, d", [("int8", 64), ("int8", 37), ("float32", 50)])
+def test_torch_cuda_input_is_read_in_place(cuda, torch_cuda, dtype, d):
+    torch = torch_cuda
+    X = make("clustered", 613, d, dtype, seed=6)
+    T = torch.from_numpy(X).cuda()
+    engine = cuda.CudaDense(T)
+    assert engine.uploaded_bytes == 0
+    if dtype == "int8" and d % 16 == 0:
+        assert engine.borrowed and engine.features_pointer == T.data_ptr()
+    fit = FacilityLocation(100, backend=reference_backend()).fit(X)
+    np.testing.assert_array_equal(engine.lazy_greedy(100).ranking, fit.ranking_)
+
+
+@pytest.mark.gpu
+def test_torch_strided_and_half_inputs(cuda, torch_cuda):
+    torch = torch_cuda
+    X = make("clustered", 300, 40, "float32", seed=7)
+    wide = torch.zeros(300, 64, device="cuda")
+    wide[:, :40] = torch.from_numpy(X).cuda()
+    expected = FacilityLocation(40, backend=reference_backend()).fit(X).ranking_
+    np.testing.assert_array_equal(cuda.CudaDense(wide[:, :40]).lazy_greedy(40).ranking, expected)
+    half = torch.from_numpy(X).cuda().half()
+    ref_half = FacilityLocation(40, backend=reference_backend()).fit(half.float().cpu().numpy()).ranking_
+    np.testing.assert_array_equal(cuda.CudaDense(half).lazy_greedy(40).ranking, ref_half)
+
+
+@pytest.mark.gpu
+def test_nan_on_device_is_input_error(cuda, torch_cuda):
+    torch = torch_cuda
+    T = torch.ones(10, 4, device="cuda")
+    T[7, 2] = float("nan")
+    with pytest.raises(InputError, match="row 7"):
+        cuda.CudaDense(T)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["int8", "float32"])
+def test_cupy_input_is_read_in_place(cuda, dtype):
+    cupy = pytest.importorskip("cupy")
+    X = make("ties", 257, 32, dtype, seed=8)
+    C = cupy.asarray(X)
+    engine = cuda.CudaDense(C)
+    assert engine.uploaded_bytes == 0
+    if dtype == "int8":
+        assert engine.borrowed and engine.features_pointer == C.data.ptr
+    expected = FacilityLocation(60, backend=reference_backend()).fit(X).ranking_
+    np.testing.assert_array_equal(engine.lazy_greedy(60).ranking, expected)
+
+
+@pytest.mark.gpu
+def test_columns_device_matches_host_columns(cuda, torch_cuda):
+    torch = torch_cuda
+    X = make("random", 333, 24, "int8", seed=10)
+    engine = cuda.CudaDense(X)
+    idx = np.array([5, 0, 332, 5])
+    out = torch.full((4, 340), -7.0, device="cuda")
+    engine.columns_device(idx, out)
+    S, _ = engine.columns(idx)
+    np.testing.assert_array_equal(out[:, :333].cpu().numpy(), S)
+    assert (out[:, 333:] == -7.0).all()  # nothing written past N
+
+
+# ---------------------------------------------------------------------------------------------- GPU: kNN
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_knn_at_full_neighbourhood_equals_dense(cuda, torch_cuda, dtype):
+    X = make("clustered", 211, 19, dtype, seed=11)
+    engine = cuda.CudaDense(X)
+    neighbors, sims = cuda.knn_graph_cuda(engine, 500)
+    knn = lazy_greedy(SparseOracle(neighbors, sims), 50, 1)
+    np.testing.assert_array_equal(knn.ranking, engine.lazy_greedy(50).ranking)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k", [1, 4, 13])
+def test_knn_graph_matches_numpy_with_exact_ties(cuda, torch_cuda, k):
+    rng = np.random.default_rng(12)
+    distinct = rng.integers(-127, 128, size=(8, 32)).astype(np.int8)
+    X = distinct[rng.integers(0, 8, 61)]  # duplicates: exact ties at every k-th value
+    got_n, got_s = cuda.knn_graph_cuda(cuda.CudaDense(X), k, block_bytes=61 * 4 * 7)  # 7 rows per block
+    ref_n, ref_s = knn_graph(NumpyDense(X), k)
+    np.testing.assert_array_equal(got_n, ref_n)
+    np.testing.assert_allclose(got_s, ref_s, rtol=1e-6)
