@@ -8,9 +8,9 @@
 //
 // One pass = gather the m candidate rows, one cublasGemmEx ([N, D] x [D, m], "TN": X rows are the
 // column-major X^T), then clip_gain_kernel turns the N x m block into similarities (int8: float(dot) *
-// inv_i * inv_c, the C++ order), stores them and sums max(0, s - cur_i) per column in double in a fixed
-// order (per-thread strided sums, a fixed shuffle tree, then partials summed in row-block order), so
-// the gains are bitwise reproducible run to run. The lazy greedy host loop is the C++ backend's: a heap
+// (inv_i * inv_c), the header's symmetric rule), stores them and sums max(0, s - cur_i) per column in
+// double in a fixed order (per-thread strided sums, a fixed shuffle tree, then partials summed in
+// row-block order), so the gains are bitwise reproducible run to run. The lazy greedy host loop is the C++ backend's: a heap
 // of upper bounds, batched re-evaluation, multi-pick from the kept columns, eviction of the lowest
 // fresh gains. After a pick only the rows whose cur changed (compacted with cub::DeviceSelect, stable)
 // update the kept gains, so a pick costs O(changed x kept) instead of O(N x kept).
@@ -241,7 +241,7 @@ __global__ void __launch_bounds__(kThreads)
   double acc = 0.0;
   for (int64_t i = r0 + threadIdx.x; i < r1; i += kThreads) {
     float s;
-    if (kInt8) s = (__int2float_rn(static_cast<const int32_t*>(R)[c * ldr + i]) * inv[i]) * ci;
+    if (kInt8) s = __int2float_rn(static_cast<const int32_t*>(R)[c * ldr + i]) * (inv[i] * ci);
     else s = static_cast<const float*>(R)[c * ldr + i];
     s = fmaxf(s, 0.f);
     if (out) out[i] = s;

@@ -83,11 +83,12 @@ def make(kind, n, d, dtype, seed=0):
 
 
 def int8_reference_similarity(X):
-    """float64 [N, N] of the int8 rule: exact dots, rounded to float32, times the float32 inverse norms."""
+    """float64 [N, N] of the int8 rule: exact dots rounded to float32, times the float32 product of the
+    two inverse norms (facility_location.h)."""
     Xd = X.astype(np.float64)
     inv = NumpyDense(X).inv.astype(np.float32)  # [N]
     dots = (Xd @ Xd.T).astype(np.float32)
-    return np.maximum(dots * inv[:, None] * inv[None, :], 0).astype(np.float64)
+    return np.maximum(dots * (inv[:, None] * inv[None, :]), 0).astype(np.float64)
 
 
 # ---------------------------------------------------------------------------------------------- CPU glue checks

@@ -77,6 +77,9 @@ def as_device_features(X):
             X = X.float()
         if X.stride(1) != 1 or X.stride(0) < X.shape[1]:
             X = X.contiguous()
+        # torch's __cuda_array_interface__ names no stream: finish pending writes (the conversions above,
+        # the caller's kernels) before the engine reads X on its own stream.
+        torch.cuda.current_stream(X.device).synchronize()
         return X
     if module.startswith("cupy"):
         kind = X.dtype.kind
@@ -88,6 +91,9 @@ def as_device_features(X):
             import cupy
 
             X = cupy.ascontiguousarray(X)
+        import cupy
+
+        cupy.cuda.get_current_stream().synchronize()
         return X
     typestr = X.__cuda_array_interface__["typestr"]
     if typestr[1:] not in ("f4", "i1"):
