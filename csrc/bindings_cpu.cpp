@@ -37,12 +37,43 @@ py::array_t<T> to_numpy(std::vector<T>&& v) {
   return py::array_t<T>({static_cast<py::ssize_t>(heap->size())}, {sizeof(T)}, heap->data(), owner);
 }
 
+std::function<void(int64_t)> callback(py::object progress) {
+  std::function<void(int64_t)> cb;
+  if (!progress.is_none()) {
+    cb = [progress](int64_t done) {
+      py::gil_scoped_acquire acquire;
+      progress(done);
+    };
+  }
+  return cb;
+}
+
+py::dict to_dict(mads::GreedyOutput&& r) {
+  py::dict d;
+  d["ranking"] = to_numpy(std::move(r.ranking));
+  d["gains"] = to_numpy(std::move(r.gains));
+  d["nearest"] = to_numpy(std::move(r.nearest));
+  d["nearest_similarity"] = to_numpy(std::move(r.nearest_similarity));
+  d["n_evaluations"] = r.n_evaluations;
+  d["n_passes"] = r.n_passes;
+  d["n_dense_evaluations"] = r.n_dense_evaluations;
+  d["multiply_adds"] = r.multiply_adds;
+  d["first_pass_multiply_adds"] = r.first_pass_multiply_adds;
+  d["n_repacks"] = r.n_repacks;
+  d["first_pass_seconds"] = r.first_pass_seconds;
+  d["greedy_seconds"] = r.greedy_seconds;
+  d["unsaturated"] = to_numpy(std::move(r.unsaturated));
+  d["evaluations"] = to_numpy(std::move(r.evaluations));
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_solver_cpu, m) {
   m.doc() = "C++ facility-location solver (OpenMP; AVX-512 fp32 / VNNI int8 kernels chosen at run time)";
   m.attr("TIE_ABS") = mads::kTieAbs;
   m.attr("TIE_REL") = mads::kTieRel;
+  m.attr("DEFAULT_GRAPH_K") = mads::kDefaultGraphK;
   py::class_<DenseSimilarity>(m, "DenseSimilarity")
       .def(py::init(&make_dense), py::arg("X"))
       .def_property_readonly("kernel", [](const DenseSimilarity& s) { return s.kernel(); })
@@ -76,28 +107,55 @@ PYBIND11_MODULE(_solver_cpu, m) {
              return out;
            })
       .def(
-          "lazy_greedy",
-          [](const DenseSimilarity& s, int64_t budget, int64_t batch, py::object progress) {
-            std::function<void(int64_t)> cb;
-            if (!progress.is_none()) {
-              cb = [progress](int64_t done) {
-                py::gil_scoped_acquire acquire;
-                progress(done);
-              };
+          "neighbor_graph",
+          [](const DenseSimilarity& s, int64_t k) {
+            if (k < 1) throw std::invalid_argument("k must be >= 1");
+            mads::NeighborGraph g;
+            py::array_t<double> sums(s.n());
+            {
+              py::gil_scoped_release release;
+              s.first_pass(k, sums.mutable_data(), &g);
             }
+            const int64_t w = g.k + 1;
+            py::array_t<int64_t> idx({s.n(), w});
+            py::array_t<float> sim({s.n(), w});
+            std::copy(g.idx.begin(), g.idx.end(), idx.mutable_data());
+            std::copy(g.sim.begin(), g.sim.end(), sim.mutable_data());
+            py::dict d;
+            d["neighbors"] = idx;
+            d["sims"] = sim;
+            d["threshold"] = to_numpy(std::move(g.threshold));
+            d["column_sums"] = sums;
+            return d;
+          },
+          py::arg("k"),
+          "first pass: neighbors int64 [N, k'+1] (self first, then the k' = min(k, N-1) most similar others in "
+          "ascending index order), sims float32 [N, k'+1], threshold float32 [N], column_sums float64 [N]")
+      .def(
+          "lazy_greedy",
+          [](const DenseSimilarity& s, int64_t budget, int64_t batch, py::object progress, int64_t graph_k) {
+            auto cb = callback(progress);
             mads::GreedyOutput r;
             {
               py::gil_scoped_release release;
-              r = s.lazy_greedy(budget, batch, cb);
+              r = s.lazy_greedy(budget, batch, graph_k, cb);
             }
-            py::dict d;
-            d["ranking"] = to_numpy(std::move(r.ranking));
-            d["gains"] = to_numpy(std::move(r.gains));
-            d["nearest"] = to_numpy(std::move(r.nearest));
-            d["nearest_similarity"] = to_numpy(std::move(r.nearest_similarity));
-            d["n_evaluations"] = r.n_evaluations;
-            d["n_passes"] = r.n_passes;
-            return d;
+            return to_dict(std::move(r));
           },
-          py::arg("budget"), py::arg("batch") = 0, py::arg("progress") = py::none());
+          py::arg("budget"), py::arg("batch") = 0, py::arg("progress") = py::none(),
+          py::arg("graph_k") = mads::kDefaultGraphK,
+          "exact lazy greedy; graph_k = 0 runs every evaluation dense, >= 1 uses a saturation graph of that width")
+      .def(
+          "knn_lazy_greedy",
+          [](const DenseSimilarity& s, int64_t budget, int64_t n_neighbors, int64_t batch, py::object progress) {
+            auto cb = callback(progress);
+            mads::GreedyOutput r;
+            {
+              py::gil_scoped_release release;
+              r = s.knn_lazy_greedy(budget, n_neighbors, batch, cb);
+            }
+            return to_dict(std::move(r));
+          },
+          py::arg("budget"), py::arg("n_neighbors"), py::arg("batch") = 0, py::arg("progress") = py::none(),
+          "exact lazy greedy on the top-n_neighbors graph (gains and nearest on the graph)");
 }

@@ -4,16 +4,29 @@
 // one 64-byte load gives 16 rows at one k (fp32) or 16 rows x 4 k (int8, the vpdpbusd operand). The
 // micro-kernel computes a 64 x 6 tile (rows x candidates): 24 zmm accumulators, per k 4 row loads and
 // 6 candidate broadcasts, and fuses the epilogue (scale, clip at 0, store the column, accumulate the
-// clipped gain against cur in double). Kernels are compiled with target attributes and chosen at run
-// time with __builtin_cpu_supports, so the module runs on any x86-64 (portable loops otherwise).
+// clipped gain against cur in double; in the first pass also offer each similarity to the top-K lists
+// of its row and, off the diagonal, of its candidate). Kernels are compiled with target attributes and
+// chosen at run time with __builtin_cpu_supports, so the module runs on any x86-64 (portable loops
+// otherwise).
+//
+// Sparse-saturation lazy greedy (exact). The first pass keeps, for every row i, its top-K neighbours
+// and t_i, the K-th largest similarity. Once cur_i >= t_i the row is "saturated": every candidate c
+// outside its list has s(i, c) <= t_i <= cur_i and gains exactly 0 from row i. So
+//   gain(c) = sum over saturated i listing c of max(0, s_ic - cur_i)     (reverse adjacency, O(K) avg)
+//           + sum over unsaturated i of max(0, s(i, c) - cur_i)          (GEMM over the rows of U only)
+// U's rows are repacked into their own panels whenever U has shrunk to half the packed rows, so the
+// GEMM streams only U; once U is empty every evaluation is sparse. Saturated rows still in the packed
+// panels get an effective cur of kBig (> any similarity), so the GEMM epilogue counts them as 0.
 #include "facility_location.h"
 
 #include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 
 namespace mads {
@@ -22,6 +35,62 @@ namespace {
 constexpr int kTileRows = 64;  // 4 panels of 16 rows
 constexpr int kTileCols = 6;   // candidates per micro-tile: 4 x 6 = 24 accumulators + 5 live zmm
 constexpr int64_t kSymBlock = 384;  // lcm(64, 6) * 2: square blocks of the symmetric first pass
+constexpr float kBig = 4.0f;        // effective cur of saturated rows: cosines are <= 1 (+ rounding)
+// Passes below this many multiply-adds run on one thread: ~0.1 ms of work, where fork/join and a
+// second core busy with other jobs cost more than they save.
+constexpr int64_t kParallelWork = int64_t(16) << 20;
+// Per-thread top-K lists of the first pass are capped at this many bytes in all (fewer threads beyond).
+constexpr int64_t kTopKBytes = int64_t(1) << 30;
+
+// Per-thread partial top-K lists of every row (first pass). Each row's entries form a heap whose root
+// is the worst kept entry, so an offer is rejected by one compare against the row's bar.
+struct TopK {
+  int64_t k;
+  std::vector<float> s;      // [n, k]
+  std::vector<int32_t> j;    // [n, k]
+  std::vector<int32_t> cnt;  // [n]
+  std::vector<float> bar;    // [npad] the root's similarity once full, -1 before, +inf for padding rows
+  TopK(int64_t n, int64_t npad, int64_t k_)
+      : k(k_), s(n * k_), j(n * k_), cnt(n, 0), bar(npad, std::numeric_limits<float>::infinity()) {
+    std::fill(bar.begin(), bar.begin() + n, -1.f);
+  }
+  // a ranks below b: lower similarity, or equal similarity and a higher index (ties keep the lowest).
+  static bool worse(float a, int32_t ja, float b, int32_t jb) { return a < b || (a == b && ja > jb); }
+  void offer(int64_t i, float v, int32_t c) {
+    float* S = s.data() + i * k;
+    int32_t* J = j.data() + i * k;
+    const int32_t n0 = cnt[i];
+    if (n0 < k) {
+      int64_t pos = n0;
+      while (pos > 0) {
+        const int64_t par = (pos - 1) / 2;
+        if (!worse(v, c, S[par], J[par])) break;
+        S[pos] = S[par];
+        J[pos] = J[par];
+        pos = par;
+      }
+      S[pos] = v;
+      J[pos] = c;
+      cnt[i] = n0 + 1;
+      if (n0 + 1 == k) bar[i] = S[0];
+      return;
+    }
+    if (!worse(S[0], J[0], v, c)) return;
+    int64_t pos = 0;
+    for (;;) {
+      const int64_t l = 2 * pos + 1;
+      if (l >= k) break;
+      const int64_t w = (l + 1 < k && worse(S[l + 1], J[l + 1], S[l], J[l])) ? l + 1 : l;
+      if (!worse(S[w], J[w], v, c)) break;
+      S[pos] = S[w];
+      J[pos] = J[w];
+      pos = w;
+    }
+    S[pos] = v;
+    J[pos] = c;
+    bar[i] = S[0];
+  }
+};
 
 struct Epi {
   const float* cur;        // [npad] or null (= zeros)
@@ -32,7 +101,26 @@ struct Epi {
   double* gsum;            // [6 * 8] gain accumulators, 8 double lanes per candidate
   float* rowacc;           // [64] sum over the 6 candidates of s(row, c), or null
   int64_t row0;
+  // First pass only (topk null otherwise): rows and candidates are both rows of X here.
+  TopK* topk;              // this thread's partial lists
+  const int32_t* cidx;     // [6] candidate row indices, -1 for padding
+  bool transposed;         // off-diagonal block: also offer row r to candidate c's list
+  float* selfsim;          // [n] s(i, i), written on diagonal blocks (null elsewhere)
+  int64_t n;
 };
+
+// Offers one similarity in each direction; called only for lanes that passed a bar (or on the diagonal).
+inline void offer_pair(const Epi& e, int64_t r, int c, float x) {
+  const int64_t i = e.row0 + r, jc = e.cidx[c];
+  if (i >= e.n || jc < 0) return;
+  if (i == jc) {
+    if (e.selfsim) e.selfsim[i] = x;
+    return;
+  }
+  if (!e.topk) return;
+  if (x >= e.topk->bar[i]) e.topk->offer(i, x, int32_t(jc));
+  if (e.transposed && x >= e.topk->bar[jc]) e.topk->offer(jc, x, int32_t(i));
+}
 
 // ---------------------------------------------------------------- portable kernels
 void epilogue_portable(float (&s)[kTileCols][kTileRows], const Epi& e) {
@@ -45,6 +133,7 @@ void epilogue_portable(float (&s)[kTileCols][kTileRows], const Epi& e) {
       float cu = e.cur ? e.cur[e.row0 + r] : 0.f;
       g += std::max(x - cu, 0.f);
       if (e.rowacc) e.rowacc[r] += x;
+      if (e.topk || e.selfsim) offer_pair(e, r, c, x);
     }
     e.gsum[c * 8] += g;
   }
@@ -71,13 +160,45 @@ void tile_i8_portable(const int8_t* p, int64_t pstride, const uint8_t* cand, int
     }
   float s[kTileCols][kTileRows];
   for (int c = 0; c < kTileCols; ++c)
-    for (int r = 0; r < kTileRows; ++r) s[c][r] = (float(acc[c][r]) * e.inv[e.row0 + r]) * e.cand_inv[c];
+    for (int r = 0; r < kTileRows; ++r) s[c][r] = float(acc[c][r]) * (e.inv[e.row0 + r] * e.cand_inv[c]);
   epilogue_portable(s, e);
 }
 
 // ---------------------------------------------------------------- AVX-512 kernels
 #define MADS_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma")))
 #define MADS_VNNI __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512vnni,fma")))
+
+// First-pass top-K step: one compare per 16 lanes against the rows' bars (and, off the diagonal, the
+// candidate's bar); only lanes that pass go to the scalar heap. After the first ~K offers a row's bar
+// rejects all but ~K ln(N/K) of its N offers.
+MADS_AVX512 inline __attribute__((always_inline)) void topk_avx512(const __m512 (&s)[4][kTileCols], const Epi& e) {
+  const __m512 zero = _mm512_setzero_ps();
+  const bool diag = e.selfsim != nullptr;
+  for (int v = 0; v < 4; ++v) {
+    const __m512 bar = e.topk ? _mm512_loadu_ps(e.topk->bar.data() + e.row0 + 16 * v) : zero;
+    for (int c = 0; c < kTileCols; ++c) {
+      const int64_t jc = e.cidx[c];
+      if (jc < 0) continue;
+      const __m512 x = _mm512_max_ps(s[v][c], zero);
+      __mmask16 m = 0;
+      if (e.topk) {
+        m = _mm512_cmp_ps_mask(x, bar, _CMP_GE_OQ);
+        if (e.transposed) m |= _mm512_cmp_ps_mask(x, _mm512_set1_ps(e.topk->bar[jc]), _CMP_GE_OQ);
+      }
+      if (diag) {
+        const int64_t lane = jc - (e.row0 + 16 * v);
+        if (lane >= 0 && lane < 16) m |= __mmask16(1u << lane);
+      }
+      if (!m) continue;
+      alignas(64) float buf[16];
+      _mm512_store_ps(buf, x);
+      for (unsigned bits = m; bits; bits &= bits - 1) {
+        const int l = __builtin_ctz(bits);
+        offer_pair(e, 16 * v + l, c, buf[l]);
+      }
+    }
+  }
+}
 
 MADS_AVX512 inline __attribute__((always_inline)) void epilogue_avx512(__m512 (&s)[4][kTileCols], const Epi& e) {
   const __m512 zero = _mm512_setzero_ps();
@@ -101,6 +222,7 @@ MADS_AVX512 inline __attribute__((always_inline)) void epilogue_avx512(__m512 (&
   }
   if (e.rowacc)
     for (int v = 0; v < 4; ++v) _mm512_storeu_ps(e.rowacc + 16 * v, rs[v]);
+  if (e.topk || e.selfsim) topk_avx512(s, e);
 }
 
 MADS_AVX512 void tile_f32_avx512(const float* p, int64_t pstride, const float* cand, int64_t dpad, const Epi& e) {
@@ -154,7 +276,7 @@ MADS_VNNI void tile_i8_vnni(const int8_t* p, int64_t pstride, const uint8_t* can
     const __m512 inv = _mm512_loadu_ps(e.inv + e.row0 + 16 * v);
     for (int c = 0; c < kTileCols; ++c) {
       const __m512 dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[v][c], fix));
-      s[v][c] = _mm512_mul_ps(_mm512_mul_ps(dot, inv), _mm512_set1_ps(e.cand_inv[c]));
+      s[v][c] = _mm512_mul_ps(dot, _mm512_mul_ps(inv, _mm512_set1_ps(e.cand_inv[c])));
     }
   }
   epilogue_avx512(s, e);
@@ -180,11 +302,78 @@ double clip_sum_portable(const float* col, const float* cur, int64_t n) {
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// Rows in panels of 16: all of X, or a packed subset (the unsaturated rows). Positions are view-local.
+struct RowView {
+  const void* base = nullptr;
+  int64_t rows_pad = 0;             // multiple of 64; 0 = empty
+  const float* inv = nullptr;       // [rows_pad]
+  const int32_t* rowsum = nullptr;  // [rows_pad]
+};
+
+struct Kernel {
+  int isa;
+  bool int8;
+  int64_t dpad;
+  void operator()(const RowView& v, int64_t row0, const void* cand, const Epi& e) const {
+    const int64_t pstride = dpad * 16;
+    if (int8) {
+      const int8_t* p = static_cast<const int8_t*>(v.base) + (row0 / 16) * pstride;
+      const uint8_t* cb = static_cast<const uint8_t*>(cand);
+      if (isa == 2) tile_i8_vnni(p, pstride, cb, dpad, e);
+      else tile_i8_portable(p, pstride, cb, dpad, e);
+    } else {
+      const float* p = static_cast<const float*>(v.base) + (row0 / 16) * pstride;
+      const float* cb = static_cast<const float*>(cand);
+      if (isa == 1) tile_f32_avx512(p, pstride, cb, dpad, e);
+      else tile_f32_portable(p, pstride, cb, dpad, e);
+    }
+  }
+  int64_t elem() const { return int8 ? 1 : 4; }
+};
+
+// Similarity columns of mpad packed candidates (groups of 6) over the rows of `view`: dst[c] (view
+// positions, may be null) and gains[c] = sum over view rows of max(0, s - cur).
+void run_block(const Kernel& kern, const RowView& view, const void* cand, const float* cinv, int64_t m, int64_t mpad,
+               const float* cur, float* const* dst, double* gains) {
+  const int64_t groups = mpad / kTileCols;
+  const int64_t tiles = view.rows_pad / kTileRows;
+  // Rows per chunk: keep a chunk of row panels in L2 (~256 KB) while every candidate group sweeps it.
+  const int64_t chunk = std::max<int64_t>(1, (256 << 10) / (kTileRows * kern.dpad * kern.elem()));
+  const int64_t nchunks = (tiles + chunk - 1) / chunk;
+  const int64_t work = view.rows_pad * mpad * kern.dpad;
+  std::vector<double> total(mpad * 8, 0.0);
+  const int32_t nocidx[kTileCols] = {-1, -1, -1, -1, -1, -1};
+#pragma omp parallel if (work >= kParallelWork && nchunks > 1)
+  {
+    std::vector<double> gsum(mpad * 8, 0.0);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t ch = 0; ch < nchunks; ++ch) {
+      const int64_t t1 = std::min(tiles, (ch + 1) * chunk);
+      for (int64_t g = 0; g < groups; ++g) {
+        const void* cb = static_cast<const uint8_t*>(cand) + g * kTileCols * kern.dpad * kern.elem();
+        for (int64_t t = ch * chunk; t < t1; ++t) {
+          Epi e{cur, view.inv, view.rowsum, cinv + g * kTileCols, dst + g * kTileCols, gsum.data() + g * kTileCols * 8,
+                nullptr, t * kTileRows, nullptr, nocidx, false, nullptr, 0};
+          kern(view, t * kTileRows, cb, e);
+        }
+      }
+    }
+#pragma omp critical
+    for (int64_t i = 0; i < mpad * 8; ++i) total[i] += gsum[i];
+  }
+  for (int64_t c = 0; c < m; ++c) {
+    double g = 0.0;
+    for (int l = 0; l < 8; ++l) g += total[c * 8 + l];
+    gains[c] = g;
+  }
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- construction
 DenseSimilarity::DenseSimilarity(const float* X, int64_t n, int64_t d) : n_(n), d_(d) {
   if (n <= 0 || d <= 0) throw std::invalid_argument("X must have at least one row and one column");
+  if (n >= (int64_t(1) << 31)) throw std::invalid_argument("X must have fewer than 2^31 rows");
   npad_ = round_up(n, kTileRows);
   dpad_ = d;
   isa_ = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") ? 1 : 0;
@@ -206,6 +395,7 @@ DenseSimilarity::DenseSimilarity(const float* X, int64_t n, int64_t d) : n_(n), 
 
 DenseSimilarity::DenseSimilarity(const int8_t* X, int64_t n, int64_t d) : n_(n), d_(d), int8_(true) {
   if (n <= 0 || d <= 0) throw std::invalid_argument("X must have at least one row and one column");
+  if (n >= (int64_t(1) << 31)) throw std::invalid_argument("X must have fewer than 2^31 rows");
   if (d > 65000) throw std::invalid_argument("int8 features need D <= 65000 (exact int32 dot products)");
   npad_ = round_up(n, kTileRows);
   dpad_ = round_up(d, 4);
@@ -252,71 +442,19 @@ void DenseSimilarity::pack_candidates(const int64_t* idx, int64_t m, int64_t mpa
   }
 }
 
-namespace {
-struct TileRunner {
-  const DenseSimilarity* self;
-  int isa;
-  bool int8;
-  const void* rows;  // panel base
-  int64_t pstride;   // elements per panel
-  int64_t dpad;
-  void operator()(int64_t row0, const void* cand, const Epi& e) const {
-    if (int8) {
-      const int8_t* p = static_cast<const int8_t*>(rows) + (row0 / 16) * pstride;
-      const uint8_t* cb = static_cast<const uint8_t*>(cand);
-      if (isa == 2) tile_i8_vnni(p, pstride, cb, dpad, e);
-      else tile_i8_portable(p, pstride, cb, dpad, e);
-    } else {
-      const float* p = static_cast<const float*>(rows) + (row0 / 16) * pstride;
-      const float* cb = static_cast<const float*>(cand);
-      if (isa == 1) tile_f32_avx512(p, pstride, cb, dpad, e);
-      else tile_f32_portable(p, pstride, cb, dpad, e);
-    }
-  }
-};
-}  // namespace
-
 // ---------------------------------------------------------------- similarity blocks
 void DenseSimilarity::block(const int64_t* idx, int64_t m, const float* cur, float* const* dst, double* gains) const {
-  const int64_t groups = (m + kTileCols - 1) / kTileCols, mpad = groups * kTileCols;
-  const int64_t elem = int8_ ? 1 : 4;
-  std::vector<uint8_t> cand(mpad * dpad_ * elem);
+  const int64_t mpad = round_up(m, kTileCols);
+  const Kernel kern{isa_, int8_, dpad_};
+  std::vector<uint8_t> cand(mpad * dpad_ * kern.elem());
   pack_candidates(idx, m, mpad, cand.data());
   std::vector<float> cinv(mpad, 0.f);
   for (int64_t c = 0; c < m; ++c) cinv[c] = inv_[idx[c]];
   std::vector<float*> dsts(mpad, nullptr);
   if (dst)
     for (int64_t c = 0; c < m; ++c) dsts[c] = dst[c];
-  const TileRunner run{this, isa_, int8_, int8_ ? (const void*)xq_.data() : (const void*)xf_.data(), dpad_ * 16,
-                       dpad_};
-  const int64_t tiles = npad_ / kTileRows;
-  // Rows per chunk: keep a chunk of row panels in L2 (~256 KB) while every candidate group sweeps it.
-  const int64_t chunk = std::max<int64_t>(1, (256 << 10) / (kTileRows * dpad_ * elem));
-  const int64_t nchunks = (tiles + chunk - 1) / chunk;
-  std::vector<double> total(mpad * 8, 0.0);
-#pragma omp parallel
-  {
-    std::vector<double> gsum(mpad * 8, 0.0);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t ch = 0; ch < nchunks; ++ch) {
-      const int64_t t1 = std::min(tiles, (ch + 1) * chunk);
-      for (int64_t g = 0; g < groups; ++g) {
-        const void* cb = cand.data() + g * kTileCols * dpad_ * elem;
-        for (int64_t t = ch * chunk; t < t1; ++t) {
-          Epi e{cur, inv_.data(), rowsum_.data(), cinv.data() + g * kTileCols, dsts.data() + g * kTileCols,
-                gsum.data() + g * kTileCols * 8, nullptr, t * kTileRows};
-          run(t * kTileRows, cb, e);
-        }
-      }
-    }
-#pragma omp critical
-    for (int64_t i = 0; i < mpad * 8; ++i) total[i] += gsum[i];
-  }
-  for (int64_t c = 0; c < m; ++c) {
-    double g = 0.0;
-    for (int l = 0; l < 8; ++l) g += total[c * 8 + l];
-    gains[c] = g;
-  }
+  const RowView all{int8_ ? (const void*)xq_.data() : (const void*)xf_.data(), npad_, inv_.data(), rowsum_.data()};
+  run_block(kern, all, cand.data(), cinv.data(), m, mpad, cur, dsts.data(), gains);
 }
 
 void DenseSimilarity::columns(const int64_t* idx, int64_t m, const float* cur, float* out, double* gains) const {
@@ -335,17 +473,31 @@ void DenseSimilarity::columns(const int64_t* idx, int64_t m, const float* cur, f
   }
 }
 
-void DenseSimilarity::column_sums(double* out) const {
-  const int64_t elem = int8_ ? 1 : 4;
+void DenseSimilarity::column_sums(double* out) const { first_pass(0, out, nullptr); }
+
+// ---------------------------------------------------------------- first pass
+int64_t DenseSimilarity::first_pass(int64_t k, double* out, NeighborGraph* graph) const {
+  const Kernel kern{isa_, int8_, dpad_};
+  const int64_t elem = kern.elem();
   const int64_t nb = (npad_ + kSymBlock - 1) / kSymBlock;
-  const TileRunner run{this, isa_, int8_, int8_ ? (const void*)xq_.data() : (const void*)xf_.data(), dpad_ * 16,
-                       dpad_};
+  const RowView all{int8_ ? (const void*)xq_.data() : (const void*)xf_.data(), npad_, inv_.data(), rowsum_.data()};
+  const int64_t keff = graph ? std::max<int64_t>(0, std::min(k, n_ - 1)) : 0;
+  int threads = omp_get_max_threads();
+  if (keff > 0)
+    threads = int(std::max<int64_t>(1, std::min<int64_t>(threads, kTopKBytes / std::max<int64_t>(1, n_ * keff * 8))));
+  std::vector<std::unique_ptr<TopK>> lists(threads);
+  std::vector<float> selfsim(graph ? n_ : 0, 0.f);
   std::vector<double> total(npad_, 0.0);
-#pragma omp parallel
+  int64_t madds = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : madds)
   {
+    const int tid = omp_get_thread_num();
+    if (keff > 0) lists[tid] = std::make_unique<TopK>(n_, npad_, keff);
+    TopK* topk = keff > 0 ? lists[tid].get() : nullptr;
     std::vector<double> acc(npad_, 0.0);
     std::vector<uint8_t> cand(kSymBlock * dpad_ * elem);
     std::vector<int64_t> idx(kSymBlock);
+    std::vector<int32_t> cidx(kSymBlock);
     std::vector<float> cinv(kSymBlock);
     std::vector<double> gsum(kSymBlock * 8);
     float rowacc[kTileRows];
@@ -356,6 +508,7 @@ void DenseSimilarity::column_sums(double* out) const {
       const int64_t j0 = b * kSymBlock, m = std::max<int64_t>(0, std::min(n_, j0 + kSymBlock) - j0);
       for (int64_t c = 0; c < kSymBlock; ++c) {
         idx[c] = c < m ? j0 + c : -1;
+        cidx[c] = c < m ? int32_t(j0 + c) : -1;
         cinv[c] = c < m ? inv_[j0 + c] : 0.f;
       }
       pack_candidates(idx.data(), kSymBlock, kSymBlock, cand.data());
@@ -363,13 +516,16 @@ void DenseSimilarity::column_sums(double* out) const {
       const int64_t groups = (m + kTileCols - 1) / kTileCols;
       for (int64_t a = 0; a <= b; ++a) {
         const int64_t t0 = a * kSymBlock / kTileRows, t1 = std::min(npad_, (a + 1) * kSymBlock) / kTileRows;
+        madds += (t1 - t0) * kTileRows * groups * kTileCols * dpad_;
         for (int64_t g = 0; g < groups; ++g) {
           const void* cb = cand.data() + g * kTileCols * dpad_ * elem;
           for (int64_t t = t0; t < t1; ++t) {
-            // Off the diagonal each tile also gives the transposed block's column sums (its row sums).
+            // Off the diagonal each tile also gives the transposed block's column sums (its row sums)
+            // and offers each row to its candidates' lists.
             Epi e{nullptr, inv_.data(), rowsum_.data(), cinv.data() + g * kTileCols, nodst,
-                  gsum.data() + g * kTileCols * 8, a < b ? rowacc : nullptr, t * kTileRows};
-            run(t * kTileRows, cb, e);
+                  gsum.data() + g * kTileCols * 8, a < b ? rowacc : nullptr, t * kTileRows,
+                  topk, cidx.data() + g * kTileCols, a < b, (graph && a == b) ? selfsim.data() : nullptr, n_};
+            kern(all, t * kTileRows, cb, e);
             if (a < b)
               for (int r = 0; r < kTileRows; ++r) acc[t * kTileRows + r] += rowacc[r];
           }
@@ -385,6 +541,59 @@ void DenseSimilarity::column_sums(double* out) const {
     for (int64_t i = 0; i < npad_; ++i) total[i] += acc[i];
   }
   std::copy(total.begin(), total.begin() + n_, out);
+  if (!graph) return madds;
+
+  // Merge the per-thread lists: each ordered pair (i, c) was offered to exactly one thread, so the union
+  // of the partial top-K lists holds the global top-K of every row.
+  NeighborGraph& g = *graph;
+  const int64_t w = keff + 1;
+  g.n = n_;
+  g.k = keff;
+  g.idx.assign(n_ * w, 0);
+  g.sim.assign(n_ * w, 0.f);
+  g.threshold.assign(n_, 0.f);
+  const bool complete = keff == n_ - 1;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<std::pair<float, int32_t>> pool;
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n_; ++i) {
+      pool.clear();
+      for (int t = 0; t < threads; ++t) {
+        const TopK* L = lists[t].get();
+        if (!L) continue;
+        for (int32_t q = 0; q < L->cnt[i]; ++q) pool.emplace_back(L->s[i * keff + q], L->j[i * keff + q]);
+      }
+      auto better = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+        return a.first > b.first || (a.first == b.first && a.second < b.second);
+      };
+      const int64_t take = std::min<int64_t>(keff, int64_t(pool.size()));
+      std::partial_sort(pool.begin(), pool.begin() + take, pool.end(), better);
+      g.threshold[i] = (complete || take == 0) ? 0.f : pool[take - 1].first;
+      std::sort(pool.begin(), pool.begin() + take,
+                [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) { return a.second < b.second; });
+      g.idx[i * w] = int32_t(i);
+      g.sim[i * w] = selfsim[i];
+      for (int64_t q = 0; q < take; ++q) {
+        g.idx[i * w + 1 + q] = pool[q].second;
+        g.sim[i * w + 1 + q] = pool[q].first;
+      }
+    }
+  }
+  lists.clear();
+  g.rptr.assign(n_ + 1, 0);
+  for (int64_t e = 0; e < n_ * w; ++e) ++g.rptr[g.idx[e] + 1];
+  for (int64_t c = 0; c < n_; ++c) g.rptr[c + 1] += g.rptr[c];
+  g.rrow.assign(n_ * w, 0);
+  g.rsim.assign(n_ * w, 0.f);
+  std::vector<int64_t> fill(g.rptr.begin(), g.rptr.end() - 1);
+  for (int64_t i = 0; i < n_; ++i)
+    for (int64_t q = 0; q < w; ++q) {
+      const int64_t e = fill[g.idx[i * w + q]]++;
+      g.rrow[e] = int32_t(i);
+      g.rsim[e] = g.sim[i * w + q];
+    }
+  return madds;
 }
 
 // ---------------------------------------------------------------- lazy greedy
@@ -401,32 +610,156 @@ struct EntryLess {
 
 GreedyOutput DenseSimilarity::lazy_greedy(int64_t budget, int64_t batch,
                                           const std::function<void(int64_t)>& progress) const {
+  return greedy(budget, batch, kDefaultGraphK, false, progress);
+}
+
+GreedyOutput DenseSimilarity::lazy_greedy(int64_t budget, int64_t batch, int64_t graph_k,
+                                          const std::function<void(int64_t)>& progress) const {
+  if (graph_k < 0) throw std::invalid_argument("graph_k must be >= 0");
+  return greedy(budget, batch, graph_k, false, progress);
+}
+
+GreedyOutput DenseSimilarity::knn_lazy_greedy(int64_t budget, int64_t n_neighbors, int64_t batch,
+                                              const std::function<void(int64_t)>& progress) const {
+  if (n_neighbors < 1) throw std::invalid_argument("n_neighbors must be >= 1");
+  return greedy(budget, batch, n_neighbors, true, progress);
+}
+
+GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t graph_k, bool knn,
+                                     const std::function<void(int64_t)>& progress) const {
   if (budget < 1 || budget > n_) throw std::invalid_argument("budget must be in [1, N]");
+  using clock = std::chrono::steady_clock;
+  const auto t_start = clock::now();
+  const bool use_graph = knn || graph_k > 0;
   const int64_t m = batch > 0 ? batch : 48;
-  // Block capacity: fresh columns survive several passes (multi-pick), capped at ~512 MB.
-  const int64_t cap = std::max<int64_t>(m + kTileCols, std::min<int64_t>(3 * m, (int64_t(512) << 20) / (4 * npad_)));
   GreedyOutput out;
   out.ranking.reserve(budget);
   out.gains.reserve(budget);
-  std::vector<float> cur(npad_, 0.f);
-  out.nearest.assign(n_, 0);
+  out.unsaturated.reserve(budget);
+  out.evaluations.reserve(budget);
 
   std::vector<double> bounds(n_);
-  column_sums(bounds.data());
+  NeighborGraph g;
+  out.first_pass_multiply_adds = first_pass(use_graph ? graph_k : 0, bounds.data(), use_graph ? &g : nullptr);
+  out.multiply_adds = out.first_pass_multiply_adds;
+  if (knn) {  // gains on the graph: W[i, c] = s(i, c) for listed c only
+    for (int64_t c = 0; c < n_; ++c) {
+      double s = 0.0;
+      for (int64_t e = g.rptr[c]; e < g.rptr[c + 1]; ++e) s += g.rsim[e];
+      bounds[c] = s;
+    }
+  }
   out.n_evaluations = n_;
   out.n_passes = 1;
+  const auto t_first = clock::now();
+  out.first_pass_seconds = std::chrono::duration<double>(t_first - t_start).count();
+
+  const int64_t w = g.k + 1;
+  // Row i is saturated once cur_i >= thr_i: no graph keeps every row dense, knn makes every row sparse.
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> thr(n_, knn ? -inf : inf);
+  if (use_graph && !knn) std::copy(g.threshold.begin(), g.threshold.end(), thr.begin());
+  std::vector<float> cur(n_, 0.f);
+  out.nearest.assign(n_, 0);
+  std::vector<uint8_t> sat(n_, 0);
+  int64_t u = 0;
+  for (int64_t i = 0; i < n_; ++i) {
+    sat[i] = 0.f >= thr[i];
+    u += !sat[i];
+  }
+
+  // The packed view of (a superset of) the unsaturated rows U, in ascending row order.
+  const Kernel kern{isa_, int8_, dpad_};
+  std::vector<float> pf;
+  std::vector<int8_t> pq;
+  std::vector<float> pinv;
+  std::vector<int32_t> prowsum;
+  std::vector<int32_t> prow;  // [ppad] row of each packed position, -1 for padding
+  std::vector<float> ceff;    // [ppad] cur for unsaturated rows, kBig for saturated and padding rows
+  RowView view;
+  int64_t prows = 0;          // real rows in the view
+  if (u == n_) {
+    view = {int8_ ? (const void*)xq_.data() : (const void*)xf_.data(), npad_, inv_.data(), rowsum_.data()};
+    prow.assign(npad_, -1);
+    ceff.assign(npad_, kBig);
+    for (int64_t i = 0; i < n_; ++i) {
+      prow[i] = int32_t(i);
+      ceff[i] = 0.f;
+    }
+    prows = n_;
+  }
+  // Columns are indexed by view position; the view only shrinks, so its first size is the stride.
+  const int64_t cstride = u == n_ ? npad_ : round_up(u, kTileRows);
+  // Block capacity: fresh columns survive several passes (multi-pick), capped at ~512 MB.
+  const int64_t cap =
+      std::max<int64_t>(m + kTileCols, std::min<int64_t>(3 * m, (int64_t(512) << 20) / (4 * std::max<int64_t>(1, cstride))));
+  std::vector<float> cols(u > 0 ? cap * cstride : 0);
+  std::vector<int64_t> slot_idx(cap, -1);
+  std::vector<double> slot_dense(cap, 0.0), slot_sparse(cap, 0.0);
+  std::vector<int32_t> slot_of(n_, -1);
+
+  // Compacts the view (and every live column) to the rows still unsaturated.
+  auto repack = [&]() {
+    const int64_t npadu = round_up(u, kTileRows);
+    std::vector<float> nf;
+    std::vector<int8_t> nq;
+    if (int8_) nq.assign(npadu * dpad_, 0);
+    else nf.assign(npadu * dpad_, 0.f);
+    std::vector<float> ninv(npadu, 0.f), nceff(npadu, kBig);
+    std::vector<int32_t> nrowsum(npadu, 0), nrow(npadu, -1);
+    std::vector<std::pair<int64_t, int64_t>> moves;  // (old position, new position), both ascending
+    moves.reserve(u);
+    int64_t q = 0;
+    const int64_t span = prows ? prows : n_;  // no view yet: scan every row
+    for (int64_t p = 0; p < span; ++p) {
+      const int64_t i = prows ? prow[p] : p;
+      if (i < 0 || sat[i]) continue;
+      if (int8_) {
+        const int8_t* src = xq_.data() + (i / 16) * dpad_ * 16 + (i % 16) * 4;
+        int8_t* dstp = nq.data() + (q / 16) * dpad_ * 16 + (q % 16) * 4;
+        for (int64_t kq = 0; kq < dpad_ / 4; ++kq) std::memcpy(dstp + kq * 64, src + kq * 64, 4);
+      } else {
+        const float* src = xf_.data() + (i / 16) * dpad_ * 16 + (i % 16);
+        float* dstp = nf.data() + (q / 16) * dpad_ * 16 + (q % 16);
+        for (int64_t k = 0; k < dpad_; ++k) dstp[k * 16] = src[k * 16];
+      }
+      ninv[q] = inv_[i];
+      nrowsum[q] = rowsum_[i];
+      nrow[q] = int32_t(i);
+      nceff[q] = cur[i];
+      if (prows) moves.emplace_back(p, q);
+      ++q;
+    }
+    if (prows)  // q <= p: a forward in-place copy never overwrites a value still to be read
+      for (int64_t s = 0; s < cap; ++s)
+        if (slot_idx[s] >= 0) {
+          float* col = cols.data() + s * cstride;
+          for (const auto& mv : moves) col[mv.second] = col[mv.first];
+        }
+    pf.swap(nf);
+    pq.swap(nq);
+    pinv.swap(ninv);
+    prowsum.swap(nrowsum);
+    prow.swap(nrow);
+    ceff.swap(nceff);
+    view = {int8_ ? (const void*)pq.data() : (const void*)pf.data(), npadu, pinv.data(), prowsum.data()};
+    prows = u;
+    out.n_repacks += 1;
+  };
+  if (u > 0 && u < n_) repack();
+
   std::vector<Entry> heap(n_);
   for (int64_t j = 0; j < n_; ++j) heap[j] = {bounds[j], j};
   std::make_heap(heap.begin(), heap.end(), EntryLess());
 
-  std::vector<float> cols(cap * npad_);
-  std::vector<int64_t> slot_idx(cap, -1);
-  std::vector<double> slot_gain(cap, 0.0);
   std::vector<int64_t> take, take_slot;
   std::vector<float*> dst;
-  std::vector<double> new_gain;
-  std::vector<int32_t> changed;
-  std::vector<float> oldv;
+  std::vector<double> new_dense;
+  std::vector<uint8_t> cand;
+  std::vector<float> cinv;
+  std::vector<int32_t> changed_p, sat_changed, newly;
+  std::vector<float> old_eff, sat_old;
+  std::vector<int64_t> live_slots;
   const bool avx = isa_ != 0;
   const int64_t report = std::max<int64_t>(1, budget / 200);
 
@@ -440,6 +773,15 @@ GreedyOutput DenseSimilarity::lazy_greedy(int64_t budget, int64_t batch,
     heap.push_back({ub, j});
     std::push_heap(heap.begin(), heap.end(), EntryLess());
   };
+  auto gain_of = [&](int64_t s) { return slot_dense[s] + slot_sparse[s]; };
+  auto sparse_gain = [&](int64_t c) {
+    double sp = 0.0;
+    for (int64_t e = g.rptr[c]; e < g.rptr[c + 1]; ++e) {
+      const int32_t r = g.rrow[e];
+      if (sat[r]) sp += std::max(g.rsim[e] - cur[r], 0.f);
+    }
+    return sp;
+  };
 
   for (int64_t step = 0; step < budget; ++step) {
     double best = -std::numeric_limits<double>::infinity();
@@ -447,12 +789,12 @@ GreedyOutput DenseSimilarity::lazy_greedy(int64_t budget, int64_t batch,
     for (int64_t s = 0; s < cap; ++s)
       if (slot_idx[s] >= 0) {
         ++live;
-        best = std::max(best, slot_gain[s]);
+        best = std::max(best, gain_of(s));
       }
     // Evaluate stale candidates while one could reach the tie set (bound >= G - tau); 0 bounds are exact.
     while (!heap.empty() && heap.front().ub > 0.0 && (live == 0 || heap.front().ub >= best - tie_tolerance(best))) {
       take.clear();
-      // Fill the batch with the next best bounds: one pass over X costs the same for 1 or m columns,
+      // Fill the batch with the next best bounds: one pass over U costs the same for 1 or m columns,
       // and the extra fresh columns let later steps pick without another pass.
       while (int64_t(take.size()) < m && !heap.empty() && heap.front().ub > 0.0) take.push_back(pop().idx);
       int64_t empty = cap - live;
@@ -462,35 +804,50 @@ GreedyOutput DenseSimilarity::lazy_greedy(int64_t budget, int64_t batch,
         for (int64_t s = 0; s < cap; ++s)
           if (slot_idx[s] >= 0) order.push_back(s);
         std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-          return slot_gain[a] < slot_gain[b] || (slot_gain[a] == slot_gain[b] && slot_idx[a] > slot_idx[b]);
+          return gain_of(a) < gain_of(b) || (gain_of(a) == gain_of(b) && slot_idx[a] > slot_idx[b]);
         });
         for (int64_t q = 0; q < int64_t(take.size()) - empty; ++q) {
-          push(slot_gain[order[q]], slot_idx[order[q]]);
+          push(gain_of(order[q]), slot_idx[order[q]]);
+          slot_of[slot_idx[order[q]]] = -1;
           slot_idx[order[q]] = -1;
           --live;
         }
       }
+      const int64_t mt = int64_t(take.size());
       take_slot.clear();
       dst.clear();
-      for (int64_t s = 0; s < cap && take_slot.size() < take.size(); ++s)
-        if (slot_idx[s] < 0) {
-          take_slot.push_back(s);
-          dst.push_back(cols.data() + s * npad_);
+      for (int64_t s = 0; s < cap && int64_t(take_slot.size()) < mt; ++s)
+        if (slot_idx[s] < 0) take_slot.push_back(s);
+      new_dense.assign(mt, 0.0);
+      if (prows > 0) {
+        const int64_t mpad = round_up(mt, kTileCols);
+        cand.resize(mpad * dpad_ * kern.elem());
+        pack_candidates(take.data(), mt, mpad, cand.data());
+        cinv.assign(mpad, 0.f);
+        dst.assign(mpad, nullptr);
+        for (int64_t q = 0; q < mt; ++q) {
+          cinv[q] = inv_[take[q]];
+          dst[q] = cols.data() + take_slot[q] * cstride;
         }
-      new_gain.assign(take.size(), 0.0);
-      block(take.data(), int64_t(take.size()), cur.data(), dst.data(), new_gain.data());
-      out.n_evaluations += int64_t(take.size());
-      out.n_passes += 1;
-      best = -std::numeric_limits<double>::infinity();
-      for (size_t q = 0; q < take.size(); ++q) {
-        slot_idx[take_slot[q]] = take[q];
-        slot_gain[take_slot[q]] = new_gain[q];
+        run_block(kern, view, cand.data(), cinv.data(), mt, mpad, ceff.data(), dst.data(), new_dense.data());
+        out.n_passes += 1;
+        out.n_dense_evaluations += mt;
+        out.multiply_adds += view.rows_pad * mpad * dpad_;
       }
+      out.n_evaluations += mt;
+      for (int64_t q = 0; q < mt; ++q) {
+        const int64_t s = take_slot[q];
+        slot_idx[s] = take[q];
+        slot_of[take[q]] = int32_t(s);
+        slot_dense[s] = new_dense[q];
+        slot_sparse[s] = use_graph ? sparse_gain(take[q]) : 0.0;
+      }
+      best = -std::numeric_limits<double>::infinity();
       live = 0;
       for (int64_t s = 0; s < cap; ++s)
         if (slot_idx[s] >= 0) {
           ++live;
-          best = std::max(best, slot_gain[s]);
+          best = std::max(best, gain_of(s));
         }
     }
     // Tie set: fresh candidates within tau of the best, plus the lowest-index exact-zero bound.
@@ -499,10 +856,10 @@ GreedyOutput DenseSimilarity::lazy_greedy(int64_t budget, int64_t batch,
     if (live > 0) {
       const double floor = best - tie_tolerance(best);
       for (int64_t s = 0; s < cap; ++s)
-        if (slot_idx[s] >= 0 && slot_gain[s] >= floor && (pick < 0 || slot_idx[s] < pick)) {
+        if (slot_idx[s] >= 0 && gain_of(s) >= floor && (pick < 0 || slot_idx[s] < pick)) {
           pick = slot_idx[s];
           pick_slot = s;
-          pick_gain = slot_gain[s];
+          pick_gain = gain_of(s);
         }
     }
     if (!heap.empty() && heap.front().ub <= 0.0 && (live == 0 || 0.0 >= best - tie_tolerance(best)) &&
@@ -511,50 +868,108 @@ GreedyOutput DenseSimilarity::lazy_greedy(int64_t budget, int64_t batch,
       pick_slot = -1;
       pick_gain = 0.0;
     }
+    if (step == 0) std::fill(out.nearest.begin(), out.nearest.end(), pick);
+    // A pick from the heap has gain 0: no row improves, nothing changes.
     if (pick_slot >= 0) {
-      const float* col = cols.data() + pick_slot * npad_;
       slot_idx[pick_slot] = -1;
-      changed.clear();
-      oldv.clear();
-      for (int64_t i = 0; i < n_; ++i)
-        if (col[i] > cur[i]) {
-          changed.push_back(int32_t(i));
-          oldv.push_back(cur[i]);
-          cur[i] = col[i];
-          out.nearest[i] = pick;
+      slot_of[pick] = -1;
+      // Saturated rows improve only where they list the pick (reverse adjacency) ...
+      sat_changed.clear();
+      sat_old.clear();
+      if (use_graph)
+        for (int64_t e = g.rptr[pick]; e < g.rptr[pick + 1]; ++e) {
+          const int32_t r = g.rrow[e];
+          if (sat[r] && g.rsim[e] > cur[r]) {
+            sat_changed.push_back(r);
+            sat_old.push_back(cur[r]);
+            cur[r] = g.rsim[e];
+            out.nearest[r] = pick;
+          }
         }
-      if (step == 0) std::fill(out.nearest.begin(), out.nearest.end(), pick);
-      // Keep the other fresh gains exact: recompute from the block when many rows changed, else subtract
-      // each changed row's drop; neither touches X.
-      const bool full = int64_t(changed.size()) * 8 > npad_;
-      std::vector<int64_t> live_slots;
+      // ... unsaturated ones from the pick's column over the view; those reaching t_i leave U.
+      changed_p.clear();
+      old_eff.clear();
+      newly.clear();
+      if (prows > 0) {
+        const float* col = cols.data() + pick_slot * cstride;
+        for (int64_t p = 0; p < prows; ++p) {
+          const int32_t i = prow[p];
+          if (sat[i] || !(col[p] > cur[i])) continue;
+          changed_p.push_back(int32_t(p));
+          old_eff.push_back(cur[i]);
+          cur[i] = col[p];
+          out.nearest[i] = pick;
+          if (cur[i] >= thr[i]) {
+            sat[i] = 1;
+            newly.push_back(i);
+            ceff[p] = kBig;
+            --u;
+          } else {
+            ceff[p] = cur[i];
+          }
+        }
+      }
+      // Keep the other fresh gains exact without touching X: the dense part from the kept columns
+      // (recomputed when many rows changed, else each changed row's drop), the sparse part from the
+      // lists of the rows that changed or saturated.
+      live_slots.clear();
       for (int64_t s = 0; s < cap; ++s)
         if (slot_idx[s] >= 0) live_slots.push_back(s);
       const int64_t nl = int64_t(live_slots.size());
-      const int64_t work = full ? nl * npad_ : nl * int64_t(changed.size());
-#pragma omp parallel for schedule(static) if (work > (1 << 16))
-      for (int64_t q = 0; q < nl; ++q) {
-        const int64_t s = live_slots[q];
-        const float* S = cols.data() + s * npad_;
-        if (full) {
-          slot_gain[s] = avx ? clip_sum_avx512(S, cur.data(), npad_) : clip_sum_portable(S, cur.data(), npad_);
-        } else {
-          double drop = 0.0;
-          for (size_t r = 0; r < changed.size(); ++r) {
-            const int32_t i = changed[r];
-            drop += double(std::max(S[i] - oldv[r], 0.f)) - double(std::max(S[i] - cur[i], 0.f));
+      if (!changed_p.empty()) {
+        const bool full = int64_t(changed_p.size()) * 8 > view.rows_pad;
+        const int64_t work = full ? nl * view.rows_pad : nl * int64_t(changed_p.size());
+#pragma omp parallel for schedule(static) if (work > (1 << 18))
+        for (int64_t q = 0; q < nl; ++q) {
+          const int64_t s = live_slots[q];
+          const float* S = cols.data() + s * cstride;
+          if (full) {
+            slot_dense[s] = avx ? clip_sum_avx512(S, ceff.data(), view.rows_pad)
+                                : clip_sum_portable(S, ceff.data(), view.rows_pad);
+          } else {
+            double drop = 0.0;
+            for (size_t r = 0; r < changed_p.size(); ++r) {
+              const int32_t p = changed_p[r];
+              drop += double(std::max(S[p] - old_eff[r], 0.f)) - double(std::max(S[p] - ceff[p], 0.f));
+            }
+            slot_dense[s] = std::max(0.0, slot_dense[s] - drop);
           }
-          slot_gain[s] = std::max(0.0, slot_gain[s] - drop);
         }
       }
-    } else if (step == 0) {
-      std::fill(out.nearest.begin(), out.nearest.end(), pick);
+      if (nl > 0 && use_graph) {
+        for (size_t r = 0; r < sat_changed.size(); ++r) {
+          const int32_t i = sat_changed[r];
+          for (int64_t q = 0; q < w; ++q) {
+            const int32_t s = slot_of[g.idx[i * w + q]];
+            if (s < 0) continue;
+            const float v = g.sim[i * w + q];
+            slot_sparse[s] -= double(std::max(v - sat_old[r], 0.f)) - double(std::max(v - cur[i], 0.f));
+          }
+        }
+        for (const int32_t i : newly)
+          for (int64_t q = 0; q < w; ++q) {
+            const int32_t s = slot_of[g.idx[i * w + q]];
+            if (s >= 0) slot_sparse[s] += std::max(g.sim[i * w + q] - cur[i], 0.f);
+          }
+        for (const int64_t s : live_slots) slot_sparse[s] = std::max(0.0, slot_sparse[s]);
+      }
+      // Stream only U: drop the view once U is empty, repack it once U is half of it.
+      if (prows > 0 && u == 0) {
+        view = RowView{};
+        prows = 0;
+        out.n_repacks += 1;
+      } else if (prows > 0 && 2 * u < prows && prows - u >= kTileRows) {
+        repack();
+      }
     }
     out.ranking.push_back(pick);
     out.gains.push_back(pick_gain);
+    out.unsaturated.push_back(u);
+    out.evaluations.push_back(out.n_evaluations);
     if (progress && ((step + 1) % report == 0 || step + 1 == budget)) progress(step + 1);
   }
-  out.nearest_similarity.assign(cur.begin(), cur.begin() + n_);
+  out.nearest_similarity.assign(cur.begin(), cur.end());
+  out.greedy_seconds = std::chrono::duration<double>(clock::now() - t_first).count();
   return out;
 }
 

@@ -3,8 +3,10 @@
 //
 // s(i, j) = max(0, cos(x_i, x_j)); f(S) = sum_i max_{j in S} s(i, j). Float features are normalised
 // once in float32 (x * float32(1 / ||x||), the norm taken in double); int8 features keep their
-// integers: exact int32 dot products, rounded to float, times the two float inverse norms. A zero row
-// has inverse norm 0, hence similarity 0 with everything, itself included.
+// integers: exact int32 dot products, rounded to float, times the float product of the two inverse
+// norms (a product is commutative, so s(i, j) and s(j, i) are the same float: the first pass may fill
+// both from one triangle). A zero row has inverse norm 0, hence similarity 0 with everything, itself
+// included.
 //
 // Tie rule (also mads_fast/solver/_tie.py): gains are accumulated in double; with G the best true gain
 // of a step, tau = kTieAbs + kTieRel * |G|, and the pick is the LOWEST INDEX among candidates whose
@@ -32,7 +34,33 @@ struct GreedyOutput {
   std::vector<float> nearest_similarity;   // [N] that similarity
   int64_t n_evaluations = 0;               // candidate gains evaluated, first pass included
   int64_t n_passes = 0;                    // passes over X computing similarity columns (first pass = 1)
+  // Profile of the sparse-saturation solver (zero / empty where a backend does not fill them).
+  int64_t n_dense_evaluations = 0;         // evaluations that ran the GEMM over unsaturated rows
+  int64_t multiply_adds = 0;               // dot-product multiply-adds of every pass, padding included
+  int64_t first_pass_multiply_adds = 0;    // those of the first pass alone
+  int64_t n_repacks = 0;                   // times the unsaturated rows were repacked into smaller panels
+  double first_pass_seconds = 0.0;         // column sums + top-K graph
+  double greedy_seconds = 0.0;             // everything after the first pass
+  std::vector<int64_t> unsaturated;        // [k] rows still unsaturated after each pick
+  std::vector<int64_t> evaluations;        // [k] n_evaluations after each pick
 };
+
+// Top-K neighbour graph of the first pass. Row i lists itself first, then its k most similar other rows
+// (similarity desc, ties to the lowest index; kept in ascending index order). threshold[i] is the k-th
+// largest other similarity, so every row outside the list has s(i, c) <= threshold[i]; it is 0 when
+// the list is complete (k == n - 1). The reverse adjacency lists, for each candidate c, the rows
+// that list c (ascending) with s(i, c).
+struct NeighborGraph {
+  int64_t n = 0, k = 0;                    // k = min(requested, n - 1); row width k + 1
+  std::vector<int32_t> idx;                // [n, k + 1]
+  std::vector<float> sim;                  // [n, k + 1]
+  std::vector<float> threshold;            // [n]
+  std::vector<int64_t> rptr;               // [n + 1]
+  std::vector<int32_t> rrow;               // [n * (k + 1)]
+  std::vector<float> rsim;                 // [n * (k + 1)]
+};
+
+constexpr int64_t kDefaultGraphK = 64;     // top-K width of the dense solver's saturation graph
 
 // Dense cosine similarity computed on the fly from X; never holds an N x N matrix.
 class DenseSimilarity {
@@ -49,13 +77,26 @@ class DenseSimilarity {
   // out [n]: sum_i s(i, j), computed on one triangle of the similarity (s is symmetric).
   void column_sums(double* out) const;
   // Exact lazy greedy, batched: `batch` candidates per pass (0 = default), multi-pick from the block.
+  // Uses the sparse-saturation scheme with a kDefaultGraphK graph (same picks as the plain scheme).
   GreedyOutput lazy_greedy(int64_t budget, int64_t batch,
                            const std::function<void(int64_t)>& progress) const;
+  // The same with an explicit graph width: graph_k = 0 keeps every row dense (no graph, the plain
+  // batched lazy greedy); graph_k >= 1 saturates rows once cur_i >= threshold_i (exact either way).
+  GreedyOutput lazy_greedy(int64_t budget, int64_t batch, int64_t graph_k,
+                           const std::function<void(int64_t)>& progress) const;
+  // Lazy greedy on the kNN graph itself (W[i, c] = s(i, c) for listed c, else 0): approximate by design.
+  GreedyOutput knn_lazy_greedy(int64_t budget, int64_t n_neighbors, int64_t batch,
+                               const std::function<void(int64_t)>& progress) const;
+  // First pass: column sums (out [n], as column_sums) and, when graph is not null, the top-k graph.
+  // Returns the multiply-adds it ran.
+  int64_t first_pass(int64_t k, double* sums, NeighborGraph* graph) const;
 
   // Internal: similarity columns of candidates `idx` into dst[c] (npad floats each, may be null).
   void block(const int64_t* idx, int64_t m, const float* cur, float* const* dst, double* gains) const;
 
  private:
+  GreedyOutput greedy(int64_t budget, int64_t batch, int64_t graph_k, bool knn,
+                      const std::function<void(int64_t)>& progress) const;
   void pack_candidates(const int64_t* idx, int64_t m, int64_t mpad, void* buf) const;
   int64_t n_ = 0, d_ = 0, npad_ = 0, dpad_ = 0;
   bool int8_ = false;
