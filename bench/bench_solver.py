@@ -59,6 +59,7 @@ OUR_METHOD = re.compile(r"(numpy|cpp|cuda)-(fp32|int8|knn[1-9][0-9]*)")
 # them; the run also measures NumPy's sgemm rate here, which is what a BLAS actually reaches.
 PEAK_GMACS = {"fp32": 205.0, "int8": 800.0}
 BLOCK_BYTES = 64 << 20
+SOLVER_PATH = ""  # a built snapshot of the committed solver, put first on the children's PYTHONPATH
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -151,7 +152,8 @@ def _run_ours(method: str, X: np.ndarray, k: int) -> dict:
     t1 = time.perf_counter()
     return {"picks": model.ranking_, "time_s": t1 - t0, "matrix_s": 0.0, "select_s": t1 - t0,
             "own_objective": model.objective_, "n_evaluations": model.n_evaluations_,
-            "n_passes": model.n_passes_, "backend": model.backend_}
+            "n_passes": model.n_passes_, "backend": model.backend_,
+            "solver_package": str(Path(sys.modules["mads_fast"].__file__).parent)}
 
 
 def child_main(spec: dict) -> int:
@@ -240,10 +242,34 @@ def peer_need_gb(method: str, n: int) -> float:
     return {"apricot": 8, "submodlib": 4 + 4}[method] * n * n / 1e9
 
 
+def git(*args) -> str:
+    return subprocess.run(["git", "-C", str(HERE.parent), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def solver_snapshot() -> tuple[Path, str]:
+    """Build the committed solver (HEAD) into bench/.cache/snapshot-<commit>: the numbers then belong to a
+    commit, not to whatever the working tree's native module was last rebuilt from (12 s to build)."""
+    commit = git("rev-parse", "--short", "HEAD")
+    where = HERE / ".cache" / f"snapshot-{commit}"
+    if not list((where / "mads_fast").glob("_solver_cpu*.so")):
+        where.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", "HEAD", "csrc", "mads_fast", "kernels",
+                                  "setup.py", "pyproject.toml"], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+        print(f"# building the solver of {commit} in {where}", flush=True)
+        subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=where, check=True,
+                       capture_output=True, env=dict(os.environ, MADS_FAST_BUILD_CUDA="0"))
+    return where, commit
+
+
 def run_child(spec: dict, timeout: float) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    env = dict(os.environ)
+    if SOLVER_PATH:
+        env["PYTHONPATH"] = os.pathsep.join([SOLVER_PATH] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"status": f"timeout after {timeout:.0f} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -291,8 +317,9 @@ def picks_summary(div: dict) -> str:
         return "same"
     if "ours" not in div:
         return f"differ at {div['position']} ({div['verdict']})"
-    return (f"differ at {div['position']} ({div['verdict']}: ours {div['ours']} gain {div['gain_ours']:.6f}, "
-            f"theirs {div['theirs']} gain {div['gain_theirs']:.6f}, tol {div['tolerance']:.2g})")
+    gap = div["gain_ours"] - div["gain_theirs"]
+    return (f"differ at {div['position']} ({div['verdict']}: ours {div['ours']}, theirs {div['theirs']}, "
+            f"gain {div['gain_ours']:.6f} vs {div['gain_theirs']:.6f}, gap {gap:.2g}, tol {div['tolerance']:.2g})")
 
 
 def run_config(n, d, frac, methods, args, workdir: Path, run_meta: dict) -> list:
@@ -350,7 +377,8 @@ def run_config(n, d, frac, methods, args, workdir: Path, run_meta: dict) -> list
         elif "cpp-fp32" in by and r["method"] != "cpp-fp32":
             r["objective_pct_cpp_fp32"] = 100 * r["objective"] / by["cpp-fp32"]["objective"]
         for p in peer_rows:
-            cmp = {"speedup": p["time_s"] / r["time_s"], "objective_ratio": r["objective"] / p["objective"]}
+            cmp = {"speedup": p["time_s"] / r["time_s"], "objective_ratio": r["objective"] / p["objective"],
+                   "overlap": len(set(picks[r["method"]].tolist()) & set(picks[p["method"]].tolist())) / k}
             if r["method"].endswith("-fp32"):
                 div = coverage_objective.divergence(X, picks[r["method"]], picks[p["method"]])
                 cmp["divergence"] = div
@@ -410,7 +438,8 @@ def markdown(all_rows: list) -> str:
         out.append(f"- versions: {', '.join(f'{k} {v}' for k, v in last['versions'].items())}")
     for run in runs:
         r0 = [r for r in all_rows if r["run"] == run][0]
-        out.append(f"- run {run}: {r0['date']}; load average (1 min) at start {r0['run_load_start']:.2f}"
+        out.append(f"- run {run}: {r0['date']}; solver: {r0.get('solver_tree', '?')}; "
+                   f"load average (1 min) at start {r0['run_load_start']:.2f}"
                    + (f"; {r0['note']}" if r0.get("note") else ""))
     out.append("- features: `minilm-proj` = real (all-MiniLM-L6-v2 embeddings of the first N Alpaca records, "
                "seeded Gaussian projection 384 -> D); `gmm` = **synthetic** (seeded 200-cluster Gaussian mixture)")
@@ -455,6 +484,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="N=2000, D=256, results under bench/.cache")
     ap.add_argument("--note", default="", help="a remark stored with every row (e.g. what else ran)")
     ap.add_argument("--out", type=Path, default=None, help="results prefix (.jsonl and .md appended)")
+    ap.add_argument("--solver", choices=("head", "tree"), default="head",
+                    help="head: build and time the solver as committed at HEAD; tree: the working tree's build")
     args = ap.parse_args(argv)
     if args.child:
         return child_main(json.loads(args.child))
@@ -471,10 +502,20 @@ def main(argv=None) -> int:
         ap.error(f"unknown method(s) {bad}; choose from {','.join(PEERS)} or BACKEND-KIND "
                  f"(BACKEND numpy|cpp|cuda, KIND fp32|int8|knnNN), e.g. {','.join(OURS)}")
     prefix = args.out or (QUICK_RESULTS if args.quick else RESULTS)
+    global SOLVER_PATH
+    if args.solver == "head":
+        snap, commit = solver_snapshot()
+        SOLVER_PATH = str(snap)
+        sys.path.insert(0, SOLVER_PATH)  # the parent's own mads_fast imports (int8 form, tie rule) too
+        solver_tree = f"committed solver of {commit}, built by the bench"
+    else:
+        dirty = git("status", "--porcelain", "--", "csrc", "mads_fast/solver")
+        solver_tree = "working tree" + (" with uncommitted solver changes" if dirty else "")
 
     run_meta = {"run": datetime.datetime.now().strftime("%Y%m%dT%H%M%S"),
                 "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                "device": cpu_model(), "versions": versions(), "run_load_start": loadavg(), "note": args.note}
+                "device": cpu_model(), "versions": versions(), "run_load_start": loadavg(), "note": args.note,
+                "solver_tree": solver_tree}
     run_meta["sgemm_gmacs"] = sgemm_gmacs()
     print(f"# {run_meta['device']}; sgemm {run_meta['sgemm_gmacs']:.0f} GMAC/s; load {run_meta['run_load_start']:.2f}; "
           f"{run_meta['versions']}", flush=True)
