@@ -38,9 +38,11 @@ constexpr int64_t kSymBlock = 384;  // lcm(64, 6) * 2: square blocks of the symm
 constexpr float kBig = 4.0f;        // effective cur of saturated rows: cosines are <= 1 (+ rounding)
 // Passes below this many multiply-adds run on one thread: ~0.1 ms of work, where fork/join and a
 // second core busy with other jobs cost more than they save.
-constexpr int64_t kParallelWork = int64_t(16) << 20;
+constexpr int64_t kParallelWork = int64_t(512) << 20;
 // Per-thread top-K lists of the first pass are capped at this many bytes in all (fewer threads beyond).
 constexpr int64_t kTopKBytes = int64_t(1) << 30;
+// Kept similarity columns of the greedy phase (see greedy()).
+constexpr int64_t kCacheBytes = int64_t(512) << 20;
 
 // Per-thread partial top-K lists of every row (first pass). Each row's entries form a heap whose root
 // is the worst kept entry, so an offer is rejected by one compare against the row's bar.
@@ -688,14 +690,20 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
     }
     prows = n_;
   }
-  // Columns are indexed by view position; the view only shrinks, so its first size is the stride.
-  const int64_t cstride = u == n_ ? npad_ : round_up(u, kTileRows);
-  // Block capacity: fresh columns survive several passes (multi-pick), capped at ~512 MB.
-  const int64_t cap =
-      std::max<int64_t>(m + kTileCols, std::min<int64_t>(3 * m, (int64_t(512) << 20) / (4 * std::max<int64_t>(1, cstride))));
-  std::vector<float> cols(u > 0 ? cap * cstride : 0);
+  // Kept columns: a cache of candidate columns over the view. A kept candidate's gain is refreshed
+  // exactly from its column in O(|U|) instead of a GEMM in O(|U| D); early picks re-evaluate thousands
+  // of the same candidates (every pick lowers every gain by the small similarities it covers), so this
+  // is most of the saving there. Capped at kCacheBytes and N/4 columns (never the N x N matrix); the
+  // stride is the view size and shrinks in place at each repack, which raises the capacity.
+  int64_t stride = u == n_ ? npad_ : round_up(u, kTileRows);
+  const int64_t col_limit = std::max<int64_t>(m + kTileCols, n_ / 4);
+  const int64_t cache_floats =
+      u > 0 ? std::min(col_limit, std::max<int64_t>(m + kTileCols, kCacheBytes / 4 / stride)) * stride : 0;
+  int64_t cap = u > 0 ? cache_floats / stride : std::max<int64_t>(m + kTileCols, 3 * m);
+  std::vector<float> cols(cache_floats);
   std::vector<int64_t> slot_idx(cap, -1);
   std::vector<double> slot_dense(cap, 0.0), slot_sparse(cap, 0.0);
+  std::vector<uint8_t> slot_fresh(cap, 0);  // gain exact for the current cur (else an upper bound)
   std::vector<int32_t> slot_of(n_, -1);
 
   // Compacts the view (and every live column) to the rows still unsaturated.
@@ -730,12 +738,25 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
       if (prows) moves.emplace_back(p, q);
       ++q;
     }
-    if (prows)  // q <= p: a forward in-place copy never overwrites a value still to be read
+    // New stride <= old and q <= p: a forward in-place copy never overwrites a value still to be read.
+    const int64_t nstride = npadu;
+    if (prows)
       for (int64_t s = 0; s < cap; ++s)
         if (slot_idx[s] >= 0) {
-          float* col = cols.data() + s * cstride;
-          for (const auto& mv : moves) col[mv.second] = col[mv.first];
+          const float* src = cols.data() + s * stride;
+          float* dstc = cols.data() + s * nstride;
+          for (const auto& mv : moves) dstc[mv.second] = src[mv.first];
+          std::fill(dstc + q, dstc + nstride, 0.f);
         }
+    if (nstride > 0 && !cols.empty()) {
+      stride = nstride;
+      const int64_t ncap = std::max(cap, std::min<int64_t>(col_limit, int64_t(cols.size()) / stride));
+      slot_idx.resize(ncap, -1);
+      slot_dense.resize(ncap, 0.0);
+      slot_sparse.resize(ncap, 0.0);
+      slot_fresh.resize(ncap, 0);
+      cap = ncap;
+    }
     pf.swap(nf);
     pq.swap(nq);
     pinv.swap(ninv);
@@ -759,7 +780,7 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
   std::vector<float> cinv;
   std::vector<int32_t> changed_p, sat_changed, newly;
   std::vector<float> old_eff, sat_old;
-  std::vector<int64_t> live_slots;
+  std::vector<int64_t> live_slots, stale, order;
   const bool avx = isa_ != 0;
   const int64_t report = std::max<int64_t>(1, budget / 200);
 
@@ -784,38 +805,66 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
   };
 
   for (int64_t step = 0; step < budget; ++step) {
+    // Fresh slots compete directly; stale kept columns are refreshed from the column (cheap) and the
+    // heap's candidates through a GEMM batch, both while their bound could reach the tie set.
     double best = -std::numeric_limits<double>::infinity();
-    int64_t live = 0;
+    int64_t live = 0;  // fresh slots
     for (int64_t s = 0; s < cap; ++s)
-      if (slot_idx[s] >= 0) {
+      if (slot_idx[s] >= 0 && slot_fresh[s]) {
         ++live;
         best = std::max(best, gain_of(s));
       }
-    // Evaluate stale candidates while one could reach the tie set (bound >= G - tau); 0 bounds are exact.
+    stale.clear();
+    for (int64_t s = 0; s < cap; ++s)
+      if (slot_idx[s] >= 0 && !slot_fresh[s]) stale.push_back(s);
+    std::sort(stale.begin(), stale.end(), [&](int64_t a, int64_t b) {
+      return gain_of(a) > gain_of(b) || (gain_of(a) == gain_of(b) && slot_idx[a] < slot_idx[b]);
+    });
+    for (const int64_t s : stale) {
+      if (live > 0 && gain_of(s) < best - tie_tolerance(best)) break;  // sorted: no later one qualifies
+      slot_dense[s] = prows == 0 ? 0.0
+                      : avx      ? clip_sum_avx512(cols.data() + s * stride, ceff.data(), view.rows_pad)
+                                 : clip_sum_portable(cols.data() + s * stride, ceff.data(), view.rows_pad);
+      slot_fresh[s] = 1;
+      ++live;
+      best = std::max(best, gain_of(s));
+      out.n_evaluations += 1;
+    }
+    // Evaluate heap candidates while one could reach the tie set (bound >= G - tau); 0 bounds are exact.
     while (!heap.empty() && heap.front().ub > 0.0 && (live == 0 || heap.front().ub >= best - tie_tolerance(best))) {
       take.clear();
-      // Fill the batch with the next best bounds: one pass over U costs the same for 1 or m columns,
-      // and the extra fresh columns let later steps pick without another pass.
-      while (int64_t(take.size()) < m && !heap.empty() && heap.front().ub > 0.0) take.push_back(pop().idx);
-      int64_t empty = cap - live;
-      if (empty < int64_t(take.size())) {
-        // Evict the lowest fresh gains; their gains stay valid upper bounds.
-        std::vector<int64_t> order;
+      // Fill the batch with the next best bounds: one pass over U costs about the same for 6 or m
+      // columns, and the extra kept columns serve later steps.
+      while (int64_t(take.size()) < m && !heap.empty() && heap.front().ub > 0.0) {
+        const int64_t c = pop().idx;
+        if (slot_of[c] >= 0) continue;  // a kept column's heap entry is obsolete (its slot holds the bound)
+        take.push_back(c);
+      }
+      if (take.empty()) continue;
+      const int64_t mt = int64_t(take.size());
+      int64_t used = 0;
+      for (int64_t s = 0; s < cap; ++s) used += slot_idx[s] >= 0;
+      if (cap - used < mt) {
+        // Evict in bulk (an eighth at a time): stale before fresh, then the lowest bounds. Their gains
+        // stay valid upper bounds in the heap.
+        order.clear();
         for (int64_t s = 0; s < cap; ++s)
           if (slot_idx[s] >= 0) order.push_back(s);
-        std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+        const int64_t nev = std::min<int64_t>(int64_t(order.size()), std::max<int64_t>(mt - (cap - used), cap / 8));
+        std::nth_element(order.begin(), order.begin() + (nev - 1), order.end(), [&](int64_t a, int64_t b) {
+          if (slot_fresh[a] != slot_fresh[b]) return slot_fresh[a] < slot_fresh[b];
           return gain_of(a) < gain_of(b) || (gain_of(a) == gain_of(b) && slot_idx[a] > slot_idx[b]);
         });
-        for (int64_t q = 0; q < int64_t(take.size()) - empty; ++q) {
-          push(gain_of(order[q]), slot_idx[order[q]]);
-          slot_of[slot_idx[order[q]]] = -1;
-          slot_idx[order[q]] = -1;
-          --live;
+        for (int64_t q = 0; q < nev; ++q) {
+          const int64_t s = order[q];
+          if (slot_fresh[s]) --live;
+          push(gain_of(s), slot_idx[s]);
+          slot_of[slot_idx[s]] = -1;
+          slot_idx[s] = -1;
+          slot_fresh[s] = 0;
         }
       }
-      const int64_t mt = int64_t(take.size());
       take_slot.clear();
-      dst.clear();
       for (int64_t s = 0; s < cap && int64_t(take_slot.size()) < mt; ++s)
         if (slot_idx[s] < 0) take_slot.push_back(s);
       new_dense.assign(mt, 0.0);
@@ -827,7 +876,7 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
         dst.assign(mpad, nullptr);
         for (int64_t q = 0; q < mt; ++q) {
           cinv[q] = inv_[take[q]];
-          dst[q] = cols.data() + take_slot[q] * cstride;
+          dst[q] = cols.data() + take_slot[q] * stride;
         }
         run_block(kern, view, cand.data(), cinv.data(), mt, mpad, ceff.data(), dst.data(), new_dense.data());
         out.n_passes += 1;
@@ -841,14 +890,10 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
         slot_of[take[q]] = int32_t(s);
         slot_dense[s] = new_dense[q];
         slot_sparse[s] = use_graph ? sparse_gain(take[q]) : 0.0;
+        slot_fresh[s] = 1;
+        ++live;
+        best = std::max(best, gain_of(s));
       }
-      best = -std::numeric_limits<double>::infinity();
-      live = 0;
-      for (int64_t s = 0; s < cap; ++s)
-        if (slot_idx[s] >= 0) {
-          ++live;
-          best = std::max(best, gain_of(s));
-        }
     }
     // Tie set: fresh candidates within tau of the best, plus the lowest-index exact-zero bound.
     int64_t pick = -1, pick_slot = -1;
@@ -856,7 +901,7 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
     if (live > 0) {
       const double floor = best - tie_tolerance(best);
       for (int64_t s = 0; s < cap; ++s)
-        if (slot_idx[s] >= 0 && gain_of(s) >= floor && (pick < 0 || slot_idx[s] < pick)) {
+        if (slot_idx[s] >= 0 && slot_fresh[s] && gain_of(s) >= floor && (pick < 0 || slot_idx[s] < pick)) {
           pick = slot_idx[s];
           pick_slot = s;
           pick_gain = gain_of(s);
@@ -872,6 +917,7 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
     // A pick from the heap has gain 0: no row improves, nothing changes.
     if (pick_slot >= 0) {
       slot_idx[pick_slot] = -1;
+      slot_fresh[pick_slot] = 0;
       slot_of[pick] = -1;
       // Saturated rows improve only where they list the pick (reverse adjacency) ...
       sat_changed.clear();
@@ -891,7 +937,7 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
       old_eff.clear();
       newly.clear();
       if (prows > 0) {
-        const float* col = cols.data() + pick_slot * cstride;
+        const float* col = cols.data() + pick_slot * stride;
         for (int64_t p = 0; p < prows; ++p) {
           const int32_t i = prow[p];
           if (sat[i] || !(col[p] > cur[i])) continue;
@@ -917,16 +963,18 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
         if (slot_idx[s] >= 0) live_slots.push_back(s);
       const int64_t nl = int64_t(live_slots.size());
       if (!changed_p.empty()) {
-        const bool full = int64_t(changed_p.size()) * 8 > view.rows_pad;
-        const int64_t work = full ? nl * view.rows_pad : nl * int64_t(changed_p.size());
-#pragma omp parallel for schedule(static) if (work > (1 << 18))
-        for (int64_t q = 0; q < nl; ++q) {
-          const int64_t s = live_slots[q];
-          const float* S = cols.data() + s * cstride;
-          if (full) {
-            slot_dense[s] = avx ? clip_sum_avx512(S, ceff.data(), view.rows_pad)
-                                : clip_sum_portable(S, ceff.data(), view.rows_pad);
-          } else {
+        if (int64_t(changed_p.size()) * 8 > view.rows_pad) {
+          // Many rows changed: a drop per row costs more than a refresh, so the kept gains become upper
+          // bounds, refreshed from their columns only when they could reach a tie set.
+          for (const int64_t s : live_slots) slot_fresh[s] = 0;
+        } else {
+          // Few rows changed: subtract each changed row's drop, exact for fresh gains and still a valid
+          // upper bound for stale ones.
+          const int64_t work = nl * int64_t(changed_p.size());
+#pragma omp parallel for schedule(static) if (work > (int64_t(1) << 24))
+          for (int64_t q = 0; q < nl; ++q) {
+            const int64_t s = live_slots[q];
+            const float* S = cols.data() + s * stride;
             double drop = 0.0;
             for (size_t r = 0; r < changed_p.size(); ++r) {
               const int32_t p = changed_p[r];
@@ -957,6 +1005,8 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
       if (prows > 0 && u == 0) {
         view = RowView{};
         prows = 0;
+        for (int64_t s = 0; s < cap; ++s) slot_dense[s] = 0.0;  // no unsaturated row is left
+        std::vector<float>().swap(cols);
         out.n_repacks += 1;
       } else if (prows > 0 && 2 * u < prows && prows - u >= kTileRows) {
         repack();
