@@ -40,6 +40,28 @@ def _nvcc():
     return str(candidate) if candidate.exists() else None
 
 
+def _cublas(nvcc):
+    """(include dir, library file) of cuBLAS: the toolkit's own, else the nvidia-cublas wheel (cu13 or cu12)."""
+    import glob
+    import importlib.util
+
+    roots = [Path(nvcc).resolve().parent.parent]
+    for pkg in ("nvidia.cu13", "nvidia.cublas"):
+        try:
+            spec = importlib.util.find_spec(pkg)
+        except ModuleNotFoundError:
+            spec = None
+        if spec and spec.submodule_search_locations:
+            roots += [Path(p) for p in spec.submodule_search_locations]
+    for root in roots:
+        header = root / "include" / "cublas_v2.h"
+        libs = sorted(glob.glob(str(root / "lib64" / "libcublas.so*")) + glob.glob(str(root / "lib" / "libcublas.so*")))
+        if header.exists() and libs:
+            return str(header.parent), libs[0]
+    raise RuntimeError("cuBLAS not found (cublas_v2.h + libcublas.so): install the CUDA toolkit's cuBLAS or "
+                       "`pip install nvidia-cublas`")
+
+
 ext_modules = []
 build_cpu = _flag("MADS_FAST_BUILD_CPU")
 if build_cpu is None or build_cpu:
@@ -89,12 +111,14 @@ class BuildExt(build_ext):
             arch = arch.strip()
             if arch:
                 gencode += [f"-gencode=arch=compute_{arch},code=sm_{arch}"]
+        blas_include, blas_lib = _cublas(nvcc)
         cmd = [
-            nvcc, "-O3", "-std=c++17", "--shared", "-Xcompiler", "-fPIC", "-Xcompiler", "-fopenmp",
+            nvcc, "-O3", "-std=c++17", "--shared", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
             *gencode,
-            f"-I{ROOT / 'csrc'}", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}",
+            f"-I{ROOT / 'csrc'}", f"-I{blas_include}", f"-I{pybind11.get_include()}",
+            f"-I{sysconfig.get_paths()['include']}",
             str(ROOT / "csrc" / "facility_location.cu"), str(ROOT / "csrc" / "bindings_cuda.cpp"),
-            "-lcudart", "-lcublas", "-lgomp", "-o", str(target),
+            "-cudart=static", f"-Xlinker={blas_lib}", f"-Xlinker=-rpath,{Path(blas_lib).parent}", "-o", str(target),
         ]
         print("building mads_fast._solver_cuda:", " ".join(cmd), file=sys.stderr)
         subprocess.check_call(cmd)

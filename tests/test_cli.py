@@ -121,6 +121,7 @@ def test_select_end_to_end_with_default_model(tmp_path, alpaca_path):
     first = out.read_bytes()
     assert main(args) == 0
     assert out.read_bytes() == first
+    assert "model not loaded" in (tmp_path / "report" / "run.log").read_text()
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "store").glob("shard-*")} == store_files
 
     # solve on the same store with another budget, and redraw the report
