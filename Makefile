@@ -50,7 +50,7 @@ bench: bench-solver bench-extract
 # The module is built into build/cuda-check, not into the package: it cannot run without a GPU.
 cuda-compile: install
 	@command -v nvcc >/dev/null 2>&1 || { echo "cuda-compile: nvcc not found; skipping (install the CUDA toolkit)"; exit 0; }; \
-	$(PIP) install -q --no-deps "nvidia-cublas>=13,<14" && \
+	$(PIP) install -q pybind11 && $(PIP) install -q --no-deps "nvidia-cublas>=13,<14" && \
 	MADS_FAST_BUILD_CPU=0 MADS_FAST_BUILD_CUDA=1 $(PY) setup.py -q build_ext --build-lib build/cuda-check --build-temp build/cuda-tmp && \
 	ls build/cuda-check/mads_fast/_solver_cuda*.so
 
