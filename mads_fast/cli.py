@@ -78,6 +78,9 @@ def _add_solve(p, budget_required=True):
     g.add_argument("--n-neighbors", type=int, default=64, help="neighbours per example in knn mode (64)")
     g.add_argument("--solver-dtype", choices=("int8", "float32"), default="int8",
                    help="precision of the centred features the solver reads (int8: N x D bytes)")
+    g.add_argument("--normalize", choices=("standardize", "center"), default="standardize",
+                   help="solver input: centre on the dataset mean and scale every dimension to unit variance "
+                   "(default), or only centre; rows are then L2-normalised either way")
     g.add_argument("--indices-out", metavar="PATH", help="JSONL of the picks: rank, index, id, gain, weight")
     g.add_argument("--report", metavar="DIR", help="write report.json and PNG plots here")
 
@@ -180,7 +183,8 @@ def _cmd_select(a):
     t0 = time.perf_counter()
     result = select(a.data, a.budget, out=a.out, store=a.store, report=a.report, indices_out=a.indices_out,
                     model=a.model, objective=a.objective, backend=a.backend, mode=a.mode, optimizer=a.optimizer,
-                    n_neighbors=a.n_neighbors, solver_dtype=a.solver_dtype, text_field=a.text_field,
+                    n_neighbors=a.n_neighbors, solver_dtype=a.solver_dtype, normalize=a.normalize,
+                    text_field=a.text_field,
                     lenient=a.lenient, limit=a.limit, progress=not a.quiet, **_extract_options(a))
     n = len(result.nearest)
     log.info(_summary_line(result, n, time.perf_counter() - t0))
@@ -217,7 +221,8 @@ def _cmd_solve(a):
     t0 = time.perf_counter()
     solver, ids, x, timings = solve_store(a.store, a.budget, objective=a.objective, backend=a.backend, mode=a.mode,
                                           optimizer=a.optimizer, n_neighbors=a.n_neighbors,
-                                          solver_dtype=a.solver_dtype, progress=not a.quiet)
+                                          solver_dtype=a.solver_dtype, normalize=a.normalize,
+                                          progress=not a.quiet)
     if rs is not None and list(map(str, ids)) != list(rs.ids):
         raise InputError("the store's record ids do not match --data (another file, or it changed)", path=a.data)
     result = result_from_solver(solver, ids, a.objective, record_set=rs)
@@ -229,7 +234,7 @@ def _cmd_solve(a):
     if a.report:
         build_report(a.report, result, a.store, x, {"objective": a.objective, "backend": solver.backend_,
                                                     "mode": a.mode, "optimizer": a.optimizer,
-                                                    "suggested_budget": result.knee})
+                                                    "normalize": a.normalize, "suggested_budget": result.knee})
     log.info(_summary_line(result, len(ids), time.perf_counter() - t0))
     return 0
 

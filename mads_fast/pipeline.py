@@ -120,8 +120,10 @@ def write_indices(path, result: SelectionResult) -> None:
 
 
 def solve_store(store, budget, *, objective="facility", backend="auto", mode="dense", optimizer="lazy",
-                n_neighbors=64, solver_dtype="int8", random_state=0, progress=False):
-    """Solve over the centred, normalised features of a complete store. Returns (solver, ids, N, seconds)."""
+                n_neighbors=64, solver_dtype="int8", normalize="standardize", random_state=0, progress=False):
+    """Solve over the centred, normalised features of a complete store.
+
+    Returns (solver, ids, solver input, timings)."""
     from .solver import FacilityLocation, KCenter
     from .store import FeatureReader, load_solver_input
 
@@ -132,7 +134,7 @@ def solve_store(store, budget, *, objective="facility", backend="auto", mode="de
     n = len(ids)
     k = resolve_budget(budget, n)
     t0 = time.perf_counter()
-    x = load_solver_input(store, dtype=solver_dtype)
+    x = load_solver_input(store, dtype=solver_dtype, normalize=normalize)
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
     if objective == "facility":
@@ -185,7 +187,8 @@ def build_report(report_dir, result: SelectionResult, store, solver_input, setti
 
 def select(data, budget=0.15, *, out=None, store=None, report=None, indices_out=None, model=None,
            objective: str = "facility", backend: str = "auto", mode: str = "dense", optimizer: str = "lazy",
-           n_neighbors: int = 64, solver_dtype: str = "int8", text_field=None, lenient: bool = False,
+           n_neighbors: int = 64, solver_dtype: str = "int8", normalize: str = "standardize",
+           text_field=None, lenient: bool = False,
            limit=None, progress: bool = True, **extract_options) -> SelectionResult:
     """Run the whole MADS selection on ``data`` and return a :class:`SelectionResult`.
 
@@ -209,7 +212,8 @@ def select(data, budget=0.15, *, out=None, store=None, report=None, indices_out=
     timings["extract"] = stats.seconds
     solver, ids, x, solve_times = solve_store(store, budget, objective=objective, backend=backend, mode=mode,
                                               optimizer=optimizer, n_neighbors=n_neighbors,
-                                              solver_dtype=solver_dtype, progress=progress)
+                                              solver_dtype=solver_dtype, normalize=normalize,
+                                              progress=progress)
     timings.update(solve_times)
     if list(map(str, ids)) != list(rs.ids):
         raise InputError("the store's record ids do not match the data (was the file changed?); "
@@ -226,7 +230,8 @@ def select(data, budget=0.15, *, out=None, store=None, report=None, indices_out=
         t0 = time.perf_counter()
         settings = {"data": str(rs.path), "detected": rs.describe(), "objective": objective,
                     "backend": getattr(solver, "backend_", backend), "mode": mode, "optimizer": optimizer,
-                    "solver_dtype": solver_dtype, "extraction": stats.to_dict(), "suggested_budget": result.knee}
+                    "solver_dtype": solver_dtype, "normalize": normalize, "extraction": stats.to_dict(),
+                    "suggested_budget": result.knee}
         result.report = build_report(report, result, store, x, settings)
         timings["report"] = time.perf_counter() - t0
     return result

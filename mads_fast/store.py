@@ -46,6 +46,8 @@ FORMAT = "mads-fast-feature-store"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MEAN = "mean.npy"
+STD = "std.npy"
+NORMALIZE = ("standardize", "center")
 OFFSET = "offset.npy"
 DTYPES = ("float32", "float16", "int8", "uint8")  # uint8 holds 1-bit features, 8 per byte
 QUANTISED = ("int8", "uint8")                      # the dtypes that carry per-segment scales
@@ -99,6 +101,33 @@ def dequantize(q: np.ndarray, scales: Optional[np.ndarray], dtype: str, dim: int
     else:
         raise InputError(f"unknown store dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     return out
+
+
+def std_floor(std: np.ndarray) -> np.ndarray:
+    """Per-dimension scale used to standardise: the std, floored at 1e-6 x its median so that a constant
+    dimension (std 0, centred value 0) stays 0 instead of dividing by zero."""
+    floor = max(float(np.median(std)) * 1e-6, np.finfo(np.float32).tiny)
+    return np.maximum(std, floor)
+
+
+def normalise(x: np.ndarray, mean: np.ndarray, std: Optional[np.ndarray], normalize: str) -> np.ndarray:
+    """In place: centre; with ``normalize="standardize"`` also divide every dimension by its dataset std;
+    then scale rows to unit L2 norm.
+
+    Why standardise by default: on SmolLM2-135M layer 20 (mean-pooled, 96 Alpaca records) one dimension holds
+    88% of the centred variance and correlates at 0.999 with 1/length (the first token's massive activation
+    averaged over the sequence), so centred cosines mostly compare lengths (participation ratio of the centred
+    covariance 1.16; 18.2 after standardising; pair-cosine std 0.82 against 0.23).
+    """
+    if normalize == "standardize":
+        x -= mean.astype(x.dtype, copy=False)
+        x /= std_floor(std).astype(x.dtype, copy=False)
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x))  # [n]
+        np.divide(x, norms[:, None], out=x, where=norms[:, None] > 0)
+        return x
+    if normalize != "center":
+        raise InputError(f"--normalize: unknown value {normalize!r} (choose from {', '.join(NORMALIZE)})")
+    return centre_normalise(x, mean)
 
 
 def centre_normalise(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
@@ -503,6 +532,7 @@ class FeatureStore:
         if self.offset is not None:
             raw += self.offset
         total = raw.sum(axis=0, dtype=np.float64)  # [dim]
+        squares = np.einsum("ij,ij->j", raw, raw, dtype=np.float64)  # [dim], for the dataset std
 
         marker = self.path / shard_name(shard, "done")
         if marker.exists():
@@ -510,7 +540,7 @@ class FeatureStore:
             # over a mix of old and new files (old scales with new int8 features would be silently wrong).
             os.unlink(marker)
             _fsync_dir(self.path)
-        parts = [("features", features), ("ids", ids_array), ("sum", total)]
+        parts = [("features", features), ("ids", ids_array), ("sum", total), ("sumsq", squares)]
         if scales is not None:
             parts.insert(1, ("scales", scales))
         sizes = {}
@@ -534,10 +564,13 @@ class FeatureStore:
             raise InputError(f"cannot finalise: {len(missing)} of {self.n_shards} shards are not written "
                              f"(first: {missing[0]}); rerun extract to resume", path=self.path)
         total = np.zeros(self.dim, dtype=np.float64)  # [dim]
+        squares = np.zeros(self.dim, dtype=np.float64)  # [dim]
         for shard in range(self.n_shards):
-            path = self.path / shard_name(shard, "sum")
-            total += _load_npy(path, (self.dim,), np.float64, mmap=False)
-        _save_npy(self.path / MEAN, total / self.n)
+            total += _load_npy(self.path / shard_name(shard, "sum"), (self.dim,), np.float64, mmap=False)
+            squares += _load_npy(self.path / shard_name(shard, "sumsq"), (self.dim,), np.float64, mmap=False)
+        mean = total / self.n
+        _save_npy(self.path / MEAN, mean)
+        _save_npy(self.path / STD, np.sqrt(np.maximum(squares / self.n - mean * mean, 0.0)))
         manifest = dict(self.manifest, complete=True, finished=_now(),
                         counts={"records": self.n, "shards": self.n_shards})
         _write_json(self.path / MANIFEST, manifest)
@@ -611,6 +644,7 @@ class FeatureReader:
                 raise InputError("missing shard file; rerun extract to rewrite the store",
                                  path=self.path / shard_name(shard, "ids"))
         self._mean = _load_npy(self.path / MEAN, (self.dim,), np.float64, mmap=False)  # [dim]
+        self._std = _load_npy(self.path / STD, (self.dim,), np.float64, mmap=False)  # [dim]
         self._offset = _load_offset(self.path, manifest)  # [dim] float32 or None
         self._ids = None
 
@@ -643,36 +677,47 @@ class FeatureReader:
             out += self._offset
         return out
 
-    def iter_blocks(self, raw: bool = True, block: int = 65536, dtype=np.float32) -> Iterator[tuple[int, np.ndarray]]:
+    def std(self) -> np.ndarray:
+        """[dim] float64 dataset standard deviation of the dequantised features."""
+        return self._std.copy()
+
+    def iter_blocks(self, raw: bool = True, block: int = 65536, dtype=np.float32,
+                    normalize: str = "standardize") -> Iterator[tuple[int, np.ndarray]]:
         """Yield (start, rows [b, dim]) in dataset order, b = block except for the last one.
 
-        raw=True: dequantised pooled features; raw=False: centred on the dataset mean and L2-normalised.
+        raw=True: dequantised pooled features; raw=False: centred on the dataset mean, standardised per
+        dimension unless ``normalize="center"``, and L2-normalised (see ``normalise``).
         """
         if not isinstance(block, (int, np.integer)) or block < 1:
             raise InputError(f"block must be a positive integer, got {block!r}")
-        mean = None if raw else self._mean.astype(np.float32)  # [dim]
+        if normalize not in NORMALIZE:
+            raise InputError(f"--normalize: unknown value {normalize!r} (choose from {', '.join(NORMALIZE)})")
         for start in range(0, self.n, block):
             stop = min(self.n, start + block)
             x = self._fill(start, stop, np.empty((stop - start, self.dim), dtype=np.float32))  # [b, dim]
-            if mean is not None:
-                centre_normalise(x, mean)
+            if not raw:
+                normalise(x, self._mean, self._std, normalize)
             yield start, x.astype(dtype, copy=False)
 
 
-def load_features(store_dir: PathLike, raw: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def load_features(store_dir: PathLike, raw: bool = True,
+                  normalize: str = "standardize") -> tuple[np.ndarray, np.ndarray]:
     """(ids [N], features [N, dim] float32) in dataset order.
 
-    raw=True: the dequantised pooled features; raw=False: centred (dataset mean) and L2-normalised.
+    raw=True: the dequantised pooled features; raw=False: the solver input, centred on the dataset mean,
+    standardised per dimension (``normalize="center"`` skips that) and L2-normalised.
     """
+    if normalize not in NORMALIZE:
+        raise InputError(f"--normalize: unknown value {normalize!r} (choose from {', '.join(NORMALIZE)})")
     reader = FeatureReader(store_dir)
     features = np.empty((reader.n, reader.dim), dtype=np.float32)  # [N, dim]
     reader._fill(0, reader.n, features)
     if not raw:
-        centre_normalise(features, reader._mean)
+        normalise(features, reader._mean, reader._std, normalize)
     return reader.ids, features
 
 
-def load_solver_input(store_dir: PathLike, dtype: str = "int8") -> np.ndarray:
+def load_solver_input(store_dir: PathLike, dtype: str = "int8", normalize: str = "standardize") -> np.ndarray:
     """The centred, L2-normalised features the solver works on, [N, dim] int8 or float32.
 
     int8 is built in ~64 MiB float32 blocks and quantised per row (the row scale is dropped: cosine ignores
@@ -683,7 +728,7 @@ def load_solver_input(store_dir: PathLike, dtype: str = "int8") -> np.ndarray:
     reader = FeatureReader(store_dir)
     out = np.empty((reader.n, reader.dim), dtype=np.dtype(dtype))  # [N, dim]
     block = max(1, _BLOCK_BYTES // (4 * reader.dim))
-    for start, x in reader.iter_blocks(raw=False, block=block):
+    for start, x in reader.iter_blocks(raw=False, block=block, normalize=normalize):
         if dtype == "int8":
             quantize_rows_int8(x, out[start:start + x.shape[0]])
         else:

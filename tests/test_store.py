@@ -179,18 +179,29 @@ def test_mean_is_the_mean_of_dequantised_features(tmp_path, dtype, with_offset):
     np.testing.assert_allclose(mean, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("normalize", ["center", "standardize"])
 @pytest.mark.parametrize("dtype", ["float32", "int8", "uint8"])
-def test_normalised_rows_are_unit_and_centred(tmp_path, dtype):
+def test_normalised_rows_are_unit_and_centred(tmp_path, dtype, normalize):
     q, scales, _ = build(tmp_path / "s", dtype)
     raw = reference_dequantise(q, scales, dtype, LAYOUTS[dtype][0]).astype(np.float64)
     centred = raw - raw.mean(axis=0)
+    if normalize == "standardize":  # every dimension to unit variance first: the massive one no longer rules
+        centred = centred / raw.std(axis=0)
     expected = centred / np.linalg.norm(centred, axis=1, keepdims=True)
 
-    _, got = load_features(tmp_path / "s", raw=False)
+    np.testing.assert_allclose(FeatureReader(tmp_path / "s").std(), raw.std(axis=0), rtol=1e-6)
+    _, got = load_features(tmp_path / "s", raw=False, normalize=normalize)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(got, expected, atol=2e-5)
-    blocks = np.concatenate([b for _, b in FeatureReader(tmp_path / "s").iter_blocks(raw=False, block=4)])
+    blocks = np.concatenate([b for _, b in FeatureReader(tmp_path / "s").iter_blocks(raw=False, block=4,
+                                                                                       normalize=normalize)])
     np.testing.assert_allclose(blocks, expected, atol=2e-5)
+
+
+def test_unknown_normalize_is_an_input_error(tmp_path):
+    build(tmp_path / "s", "float32")
+    with pytest.raises(InputError, match="--normalize"):
+        load_features(tmp_path / "s", raw=False, normalize="whiten")
 
 
 def test_rows_that_centre_to_zero_stay_zero(tmp_path):
@@ -199,10 +210,13 @@ def test_rows_that_centre_to_zero_stay_zero(tmp_path):
     store = open_store(tmp_path / "s", "float32", n=4, shard_size=3)
     write_all(store, x, None, ids_for(4))
     store.finalize()
-    _, got = load_features(tmp_path / "s", raw=False)
+    _, got = load_features(tmp_path / "s", raw=False, normalize="center")
     assert np.all(np.isfinite(got))
     np.testing.assert_array_equal(got[2:], 0.0)
     np.testing.assert_allclose(got[0], a / np.linalg.norm(a), rtol=1e-6)
+    _, got = load_features(tmp_path / "s", raw=False)  # standardised: every dimension weighs the same
+    np.testing.assert_array_equal(got[2:], 0.0)
+    np.testing.assert_allclose(got[0], np.full(24, 1 / np.sqrt(24)), rtol=1e-6)
 
 
 def test_solver_input_int8_keeps_cosine(tmp_path, monkeypatch):
@@ -216,15 +230,15 @@ def test_solver_input_int8_keeps_cosine(tmp_path, monkeypatch):
 
     reference = x.astype(np.float64) - x.astype(np.float64).mean(axis=0)
     reference /= np.linalg.norm(reference, axis=1, keepdims=True)
-    f32 = load_solver_input(tmp_path / "s", dtype="float32")
+    f32 = load_solver_input(tmp_path / "s", dtype="float32", normalize="center")
     assert f32.dtype == np.float32 and f32.shape == (n, dim)
     np.testing.assert_allclose(f32, reference, atol=1e-5)
 
     # Blocks of 7 rows (not a divisor of the 64-row shards) must stitch to the same matrix as one block.
     monkeypatch.setattr(store_mod, "_BLOCK_BYTES", 7 * 4 * dim)
-    q = load_solver_input(tmp_path / "s", dtype="int8")
+    q = load_solver_input(tmp_path / "s", dtype="int8", normalize="center")
     monkeypatch.setattr(store_mod, "_BLOCK_BYTES", 1 << 30)
-    np.testing.assert_array_equal(q, load_solver_input(tmp_path / "s", dtype="int8"))
+    np.testing.assert_array_equal(q, load_solver_input(tmp_path / "s", dtype="int8", normalize="center"))
     assert q.dtype == np.int8 and q.shape == (n, dim)
     np.testing.assert_array_equal(np.abs(q.astype(np.int32)).max(axis=1), 127)  # full int8 range per row
     qf = q.astype(np.float64)
