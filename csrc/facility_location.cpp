@@ -845,16 +845,20 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
       int64_t used = 0;
       for (int64_t s = 0; s < cap; ++s) used += slot_idx[s] >= 0;
       if (cap - used < mt) {
-        // Evict in bulk (an eighth at a time): stale before fresh, then the lowest bounds. Their gains
-        // stay valid upper bounds in the heap.
+        // Evict in bulk (an eighth at a time): stale before fresh, then the lowest bounds; their gains
+        // stay valid upper bounds in the heap. A fresh gain that could be in the tie set is never evicted
+        // (the heap would hand it straight back): with a tie set larger than the cache, the cache grows.
         order.clear();
+        const double floor = live > 0 ? best - tie_tolerance(best) : std::numeric_limits<double>::infinity();
         for (int64_t s = 0; s < cap; ++s)
-          if (slot_idx[s] >= 0) order.push_back(s);
-        const int64_t nev = std::min<int64_t>(int64_t(order.size()), std::max<int64_t>(mt - (cap - used), cap / 8));
-        std::nth_element(order.begin(), order.begin() + (nev - 1), order.end(), [&](int64_t a, int64_t b) {
-          if (slot_fresh[a] != slot_fresh[b]) return slot_fresh[a] < slot_fresh[b];
-          return gain_of(a) < gain_of(b) || (gain_of(a) == gain_of(b) && slot_idx[a] > slot_idx[b]);
-        });
+          if (slot_idx[s] >= 0 && (!slot_fresh[s] || gain_of(s) < floor)) order.push_back(s);
+        const int64_t need = mt - (cap - used);
+        const int64_t nev = std::min<int64_t>(int64_t(order.size()), std::max<int64_t>(need, cap / 8));
+        if (nev > 0)
+          std::nth_element(order.begin(), order.begin() + (nev - 1), order.end(), [&](int64_t a, int64_t b) {
+            if (slot_fresh[a] != slot_fresh[b]) return slot_fresh[a] < slot_fresh[b];
+            return gain_of(a) < gain_of(b) || (gain_of(a) == gain_of(b) && slot_idx[a] > slot_idx[b]);
+          });
         for (int64_t q = 0; q < nev; ++q) {
           const int64_t s = order[q];
           if (slot_fresh[s]) --live;
@@ -862,6 +866,14 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
           slot_of[slot_idx[s]] = -1;
           slot_idx[s] = -1;
           slot_fresh[s] = 0;
+        }
+        if (nev < need) {
+          cap += need - nev;
+          slot_idx.resize(cap, -1);
+          slot_dense.resize(cap, 0.0);
+          slot_sparse.resize(cap, 0.0);
+          slot_fresh.resize(cap, 0);
+          if (prows > 0) cols.resize(cap * stride, 0.f);
         }
       }
       take_slot.clear();

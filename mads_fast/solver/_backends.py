@@ -93,12 +93,38 @@ class NativeDense:
     def column_sums(self):
         return self._impl.column_sums()
 
-    def lazy_greedy(self, budget: int, batch_size=None, progress=None):
-        from ._result import GreedyResult
+    def lazy_greedy(self, budget: int, batch_size=None, progress=None, graph_k=None):
+        """Exact lazy greedy; ``graph_k`` is the saturation graph's width (None: the module default, 0: none)."""
+        if graph_k is None:
+            out = self._impl.lazy_greedy(int(budget), int(batch_size or 0), progress)
+        else:
+            out = self._impl.lazy_greedy(int(budget), int(batch_size or 0), progress, int(graph_k))
+        return _result_from(out)
 
-        out = self._impl.lazy_greedy(int(budget), int(batch_size or 0), progress)
-        return GreedyResult(out["ranking"], out["gains"], out["nearest"], out["nearest_similarity"],
-                            int(out["n_evaluations"]), int(out["n_passes"]))
+    def knn_graph(self, n_neighbors: int):
+        """(neighbors int64 [N, K+1], sims float32 [N, K+1]) from the first pass, as ``_knn.knn_graph``."""
+        if not hasattr(self._impl, "neighbor_graph"):
+            return None
+        g = self._impl.neighbor_graph(int(n_neighbors))
+        return g["neighbors"], g["sims"]
+
+    def knn_lazy_greedy(self, budget: int, n_neighbors: int, batch_size=None, progress=None):
+        """Exact lazy greedy on the top-``n_neighbors`` graph, or None when the module lacks it."""
+        if not hasattr(self._impl, "knn_lazy_greedy"):
+            return None
+        return _result_from(self._impl.knn_lazy_greedy(int(budget), int(n_neighbors), int(batch_size or 0), progress))
+
+
+_STAT_KEYS = ("n_dense_evaluations", "multiply_adds", "first_pass_multiply_adds", "n_repacks",
+              "first_pass_seconds", "greedy_seconds", "unsaturated", "evaluations")
+
+
+def _result_from(out: dict):
+    from ._result import GreedyResult
+
+    return GreedyResult(out["ranking"], out["gains"], out["nearest"], out["nearest_similarity"],
+                        int(out["n_evaluations"]), int(out["n_passes"]),
+                        {key: out[key] for key in _STAT_KEYS if key in out})
 
 
 def make_engine(name: str, X):

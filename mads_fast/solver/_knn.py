@@ -14,7 +14,21 @@ BLOCK_BYTES = 64 << 20  # the largest per-block temporary (the int64 running cou
 
 
 def knn_graph(engine, n_neighbors: int):
-    """Returns (neighbors int64 [N, K+1], sims float32 [N, K+1]), self first, K = min(n_neighbors, N-1)."""
+    """Returns (neighbors int64 [N, K+1], sims float32 [N, K+1]), self first, K = min(n_neighbors, N-1).
+
+    An engine with its own ``knn_graph`` (the C++ first pass keeps the same lists while it sums the
+    columns, from one triangle of the similarity) builds it; this blocked NumPy version is the reference.
+    """
+    native = getattr(engine, "knn_graph", None)
+    if native is not None:
+        graph = native(n_neighbors)
+        if graph is not None:
+            return graph
+    return knn_graph_reference(engine, n_neighbors)
+
+
+def knn_graph_reference(engine, n_neighbors: int):
+    """The graph from full similarity rows in blocks (see ``knn_graph``)."""
     n = engine.n
     k = min(int(n_neighbors), n - 1)
     neighbors = np.empty((n, k + 1), dtype=np.int64)  # [N, K+1]

@@ -3,7 +3,8 @@
 Similarity: s(i, j) = max(0, cos(x_i, x_j)). Float features are normalised once in float32
 (x * float32(1 / ||x||), the norm taken in float64); a zero row gets inverse norm 0 and so similarity
 0 with everything, itself included. int8 features keep their integers: dot products are exact (taken
-in float64 here, int32 in C++), rounded to float32, then multiplied by the two float32 inverse norms.
+in float64 here, int32 in C++), rounded to float32, then multiplied by the float32 product of the two
+inverse norms (commutative, so s(i, j) and s(j, i) are the same float).
 Gains are float64 sums of float32 terms max(0, s(i, j) - cur_i). Similarity matrices are only ever
 built in blocks of at most 64 MB (never N x N).
 """
@@ -50,8 +51,7 @@ class NumpyDense:
         dots = self._x[rows] @ self._x[cols].T
         if self._int:
             dots = dots.astype(np.float32)
-            dots *= self.inv[rows][:, None]
-            dots *= self.inv[cols][None, :]
+            dots *= self.inv[rows][:, None] * self.inv[cols][None, :]  # one product: s(i, j) == s(j, i)
         return np.maximum(dots, 0, out=dots).astype(np.float32, copy=False)
 
     def columns(self, idx, cur=None):

@@ -1,7 +1,7 @@
 """What a greedy run hands back, whichever backend ran it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -14,6 +14,9 @@ class GreedyResult:
     nearest_similarity: np.ndarray  # float32 [N], that similarity (clipped at 0)
     n_evaluations: int  # candidate gains evaluated, first pass included
     n_passes: int = 0  # passes over X that computed similarity columns (GEMM-like)
+    # Native profile, where a backend reports one: first/greedy seconds, multiply-adds, dense
+    # evaluations, repacks, and per pick the unsaturated row count and cumulative evaluations.
+    stats: dict = field(default_factory=dict)
 
     def weights(self) -> np.ndarray:
         """int64 [k]: how many examples have each pick as nearest (sums to N)."""

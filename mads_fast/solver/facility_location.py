@@ -46,7 +46,8 @@ class FacilityLocation:
     backend default); ``verbose`` (a progress bar of picks).
 
     After ``fit``: ``ranking_``, ``gains_``, ``curve_``, ``objective_``, ``nearest_``,
-    ``nearest_similarity_``, ``weights_``, ``backend_``, ``n_evaluations_``, ``n_passes_``. In knn mode
+    ``nearest_similarity_``, ``weights_``, ``backend_``, ``n_evaluations_``, ``n_passes_``, ``profile_`` (the
+    native backend's timings and counters, empty elsewhere). In knn mode
     gains and objective are on the graph, while ``nearest_`` uses the dense similarity.
     """
 
@@ -93,12 +94,7 @@ class FacilityLocation:
                     result = stochastic_greedy(DenseOracle(engine), k, float(self.epsilon), self.random_state,
                                                progress)
             else:
-                neighbors, sims = knn_graph(engine, self.n_neighbors)
-                oracle = SparseOracle(neighbors, sims)
-                if self.optimizer == "lazy":
-                    result = lazy_greedy(oracle, k, self.batch_size or 1, progress)
-                else:
-                    result = stochastic_greedy(oracle, k, float(self.epsilon), self.random_state, progress)
+                result = self._knn(engine, k, progress)
                 result.nearest, result.nearest_similarity = exact_nearest(engine, result.ranking)
         finally:
             close()
@@ -112,7 +108,21 @@ class FacilityLocation:
         self.backend_ = name
         self.n_evaluations_ = int(result.n_evaluations)
         self.n_passes_ = int(result.n_passes)
+        self.profile_ = dict(result.stats)
         return self
+
+    def _knn(self, engine, k, progress):
+        """Greedy on the kNN graph: natively where the engine runs it (C++), else over a SparseOracle."""
+        native = getattr(engine, "knn_lazy_greedy", None)
+        if self.optimizer == "lazy" and native is not None:
+            result = native(k, self.n_neighbors, self.batch_size, progress)
+            if result is not None:
+                return result
+        neighbors, sims = knn_graph(engine, self.n_neighbors)
+        oracle = SparseOracle(neighbors, sims)
+        if self.optimizer == "lazy":
+            return lazy_greedy(oracle, k, self.batch_size or 1, progress)
+        return stochastic_greedy(oracle, k, float(self.epsilon), self.random_state, progress)
 
     def fit_transform(self, X, y=None):
         self.fit(X)
