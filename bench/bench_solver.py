@@ -417,6 +417,35 @@ def append_rows(path: Path, rows: list) -> list:
     return [json.loads(ln) for ln in (old + new).splitlines() if ln.strip()]
 
 
+def solver_id(r: dict) -> str:
+    """The solver commit a row ran (peers too: it says which run they belong to)."""
+    tree = r.get("solver_tree") or "?"
+    m = re.search(r"of ([0-9a-f]{7,})", tree)
+    return m.group(1) if m else tree
+
+
+NOTES = [
+    "Notes on method:",
+    "- The machine (2 cores) was shared with other engineers' tests and benchmarks during these runs; the "
+    "load column is the 1-minute load average before and after each method. Rows of one configuration ran "
+    "back to back under the same solver commit (last column); compare ratios within a configuration.",
+    "- apricot JIT-compiles its numba gain kernels inside every `fit` (`_initialize`, cache off): a fixed "
+    "~1.5-2 s per call that every user pays, so it is in its time.",
+    "- apricot converts any dense matrix to float64, so its S is written straight into float64 (fp32 GEMM per "
+    "block); its matrix time is mostly writing 8 N^2 bytes (3.2 GB at N=20k). submodlib takes float32 S and "
+    "copies it once more inside; both need 21.6 GB at N=51,924, more than this 24 GB machine can give.",
+    "- GMAC/s is nominal: n_evaluations_ x N x D / time (n_evaluations_ counts the first pass's N "
+    "candidates). The C++ solver refreshes cached columns without a GEMM and drops saturated rows from it, so "
+    "the multiply-adds it really does are fewer; the number says how fast the evaluations go, not the FPU.",
+    "- `@passive` rows: the same method with OMP_WAIT_POLICY=passive in its process; the difference is what "
+    "OpenMP's spin-waiting costs when other processes share the 2 cores.",
+    "- picks: `same`, or the first position where two lists part, with both candidates' exact float64 gains "
+    "after the common prefix; `tie` = within the solver's tie tolerance (1e-6 + 1e-5 |G|, lowest index "
+    "wins), where apricot and submodlib take another member of the tie set.",
+    "",
+]
+
+
 def _cell(v, fmt="{:.2f}"):
     return "" if v is None else fmt.format(v)
 
@@ -451,17 +480,18 @@ def markdown(all_rows: list) -> str:
                "seeded Gaussian projection 384 -> D); `gmm` = **synthetic** (seeded 200-cluster Gaussian mixture)")
     out.append("")
     out += targets(rows)
+    out += NOTES
     out.append("## All rows")
     out.append("")
     out.append("| N | D | k | features | method | time s | matrix s | peak +MB | peak RSS MB | f | f % best peer "
                "| x apricot | x submodlib | f/apricot | f/submodlib | picks vs apricot | picks vs submodlib "
-               "| GMAC/s (% peak) | load before->after |")
-    out.append("|" + "---|" * 19)
+               "| GMAC/s (% peak) | load before->after | solver |")
+    out.append("|" + "---|" * 20)
     for r in rows:
         feat = r["source"] + (" (synthetic)" if r["synthetic"] else "")
         lead = f"| {r['n']} | {r['d']} | {r['k']} | {feat} | {r['method']}"
         if r["status"] != "ok":
-            out.append(lead + f" | {r['status']} |" + " |" * 13)
+            out.append(lead + f" | {r['status']} |" + " |" * 14)
             continue
         va, vs = r.get("vs_apricot") or {}, r.get("vs_submodlib") or {}
         pct = r.get("objective_pct_best_peer")
@@ -474,7 +504,7 @@ def markdown(all_rows: list) -> str:
             pct_s, _cell(va.get("speedup"), "{:.1f}"), _cell(vs.get("speedup"), "{:.1f}"),
             _cell(va.get("objective_ratio"), "{:.6f}"), _cell(vs.get("objective_ratio"), "{:.6f}"),
             va.get("picks", ""), vs.get("picks", ""), gm,
-            f"{r['load_before']:.2f}->{r['load_after']:.2f}"]).strip() + " |")
+            f"{r['load_before']:.2f}->{r['load_after']:.2f}", solver_id(r)]).strip() + " |")
     out.append("")
     return "\n".join(out)
 
