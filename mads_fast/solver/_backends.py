@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 from mads_fast.errors import BackendUnavailableError, InputError
 
@@ -22,6 +23,12 @@ _loaded: dict = {}  # backend -> module, or the reason it failed
 
 
 def _import(name: str):
+    # OpenMP threads spin between parallel regions by default, which steals the cores other processes
+    # share with us: passive waiting measured 6-18% faster end to end on the shared 2-core machine
+    # (bench/results/solver_cpu.md: N=20k fp32 17.9 s vs 19.0 s, int8 12.3 vs 15.0; N=52k fp32 78.7 vs
+    # 89.8, int8 47.7 vs 56.5). libgomp reads it once, when the native module first loads it; an explicit
+    # setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return importlib.import_module(_MODULES[name])
 
 
