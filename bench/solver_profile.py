@@ -78,7 +78,7 @@ def report(source, n, d, dtype, graph_k, budget, res) -> dict:
           f"{first_ma / max(first_s, 1e-9) / peak:.0%} of peak; greedy {greedy_s:.2f} s, "
           f"{greedy_ma / 1e9:.0f} G multiply-adds at {greedy_ma / max(greedy_s, 1e-9) / 1e9:.0f} G/s) "
           f"evaluations={out['n_evaluations'] - n} dense={out['n_dense_evaluations']} passes={out['n_passes']} "
-          f"repacks={out['n_repacks']} U empty at pick {empty_at} "
+          f"repacks={out['n_repacks']} refreshes={out.get('n_refreshes', 0)} U empty at pick {empty_at} "
           f"load {res['load'][0]:.1f}->{res['load'][1]:.1f}", flush=True)
     marks = sorted({max(1, int(round(f * budget))) for f in MARKS})
     print("    pick:        " + " ".join(f"{t:>8d}" for t in marks))
@@ -88,7 +88,7 @@ def report(source, n, d, dtype, graph_k, budget, res) -> dict:
             "kernel": res["engine"], "wall_s": res["wall_s"], "first_pass_s": first_s, "greedy_s": greedy_s,
             "first_pass_multiply_adds": int(first_ma), "greedy_multiply_adds": int(greedy_ma),
             "evaluations": int(out["n_evaluations"] - n), "dense_evaluations": int(out["n_dense_evaluations"]),
-            "passes": int(out["n_passes"]), "repacks": int(out["n_repacks"]), "u_empty_at": empty_at,
+            "passes": int(out["n_passes"]), "repacks": int(out["n_repacks"]), "refreshes": int(out.get("n_refreshes", 0)), "u_empty_at": empty_at,
             "u_at": {str(t): int(u[t - 1]) for t in marks}, "load": res["load"],
             "objective": float(np.sum(out["gains"]))}
 

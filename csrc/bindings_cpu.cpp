@@ -60,6 +60,7 @@ py::dict to_dict(mads::GreedyOutput&& r) {
   d["multiply_adds"] = r.multiply_adds;
   d["first_pass_multiply_adds"] = r.first_pass_multiply_adds;
   d["n_repacks"] = r.n_repacks;
+  d["n_refreshes"] = r.n_refreshes;
   d["first_pass_seconds"] = r.first_pass_seconds;
   d["greedy_seconds"] = r.greedy_seconds;
   d["unsaturated"] = to_numpy(std::move(r.unsaturated));

@@ -43,6 +43,12 @@ constexpr int64_t kParallelWork = int64_t(512) << 20;
 constexpr int64_t kTopKBytes = int64_t(1) << 30;
 // Kept similarity columns of the greedy phase (see greedy()).
 constexpr int64_t kCacheBytes = int64_t(512) << 20;
+// A greedy step that has evaluated N / kRefreshDiv candidates through GEMM columns switches to
+// a full refresh: the exact gains of every candidate from one triangular pass (N^2 D / 2 multiply-adds,
+// the cost of N/2 columns, in the first pass's big blocks). Early picks lower nearly every gain, so lazy
+// greedy would evaluate 80-90% of N columns there (pick 2 at N=20k on MiniLM features). N/8 vs N/4 at
+// N=20k, k=2k MiniLM-256 fp32: 3 vs 2 refreshes, 335 vs 365 G greedy multiply-adds.
+constexpr int64_t kRefreshDiv = 8;
 
 // Per-thread partial top-K lists of every row (first pass). Each row appends offers that beat its bar
 // into a buffer of 2K; a full buffer is cut back to its best K with nth_element and the bar becomes the
@@ -92,6 +98,8 @@ struct Epi {
   bool transposed;         // off-diagonal block: also offer row r to candidate c's list
   float* selfsim;          // [n] s(i, i), written on diagonal blocks (null elsewhere)
   int64_t n;
+  // Refresh pass only: [6] the candidates' own cur, so rowacc sums max(0, s - cur_c) (null = zeros).
+  const float* cand_cur = nullptr;
 };
 
 // Offers one similarity in each direction; called only for lanes that passed a bar (or on the diagonal).
@@ -117,7 +125,7 @@ void epilogue_portable(float (&s)[kTileCols][kTileRows], const Epi& e) {
       if (e.dst[c]) e.dst[c][e.row0 + r] = x;
       float cu = e.cur ? e.cur[e.row0 + r] : 0.f;
       g += std::max(x - cu, 0.f);
-      if (e.rowacc) e.rowacc[r] += x;
+      if (e.rowacc) e.rowacc[r] += std::max(x - (e.cand_cur ? e.cand_cur[c] : 0.f), 0.f);
       if (e.topk || e.selfsim) offer_pair(e, r, c, x);
     }
     e.gsum[c * 8] += g;
@@ -193,12 +201,13 @@ MADS_AVX512 inline __attribute__((always_inline)) void epilogue_avx512(__m512 (&
 #pragma GCC unroll 6
   for (int c = 0; c < kTileCols; ++c) {
     __m512 gv = zero;
+    const __m512 cc = e.cand_cur ? _mm512_set1_ps(e.cand_cur[c]) : zero;
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
       const __m512 x = _mm512_max_ps(s[v][c], zero);
       if (e.dst[c]) _mm512_storeu_ps(e.dst[c] + e.row0 + 16 * v, x);
       gv = _mm512_add_ps(gv, _mm512_max_ps(_mm512_sub_ps(x, cu[v]), zero));
-      rs[v] = _mm512_add_ps(rs[v], x);
+      rs[v] = _mm512_add_ps(rs[v], _mm512_max_ps(_mm512_sub_ps(x, cc), zero));
     }
     __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(gv));
     __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(gv, 1));
@@ -462,6 +471,15 @@ void DenseSimilarity::column_sums(double* out) const { first_pass(0, out, nullpt
 
 // ---------------------------------------------------------------- first pass
 int64_t DenseSimilarity::first_pass(int64_t k, double* out, NeighborGraph* graph) const {
+  return sym_pass(nullptr, k, out, graph);
+}
+
+// One pass over the upper triangle of s in kSymBlock x kSymBlock blocks. With cur null: column sums
+// (and the top-K graph). With cur [npad]: out[j] = sum_i max(0, s(i, j) - cur_i), where each
+// off-diagonal tile gives column j its clipped sum over the rows AND row i its clipped sum over the
+// candidates (against cur_j), so every gain costs half a column (the refresh of the lazy greedy).
+int64_t DenseSimilarity::sym_pass(const float* cur, int64_t k, double* out, NeighborGraph* graph) const {
+  if (cur) graph = nullptr;
   const Kernel kern{isa_, int8_, dpad_};
   const int64_t elem = kern.elem();
   const int64_t nb = (npad_ + kSymBlock - 1) / kSymBlock;
@@ -484,6 +502,7 @@ int64_t DenseSimilarity::first_pass(int64_t k, double* out, NeighborGraph* graph
     std::vector<int64_t> idx(kSymBlock);
     std::vector<int32_t> cidx(kSymBlock);
     std::vector<float> cinv(kSymBlock);
+    std::vector<float> ccur(kSymBlock);  // [kSymBlock] candidates' cur (refresh only), kBig for padding
     std::vector<double> gsum(kSymBlock * 8);
     float rowacc[kTileRows];
     float* nodst[kTileCols] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
@@ -495,6 +514,7 @@ int64_t DenseSimilarity::first_pass(int64_t k, double* out, NeighborGraph* graph
         idx[c] = c < m ? j0 + c : -1;
         cidx[c] = c < m ? int32_t(j0 + c) : -1;
         cinv[c] = c < m ? inv_[j0 + c] : 0.f;
+        ccur[c] = cur && c < m ? cur[j0 + c] : kBig;
       }
       pack_candidates(idx.data(), kSymBlock, kSymBlock, cand.data());
       std::fill(gsum.begin(), gsum.end(), 0.0);
@@ -507,9 +527,10 @@ int64_t DenseSimilarity::first_pass(int64_t k, double* out, NeighborGraph* graph
           for (int64_t t = t0; t < t1; ++t) {
             // Off the diagonal each tile also gives the transposed block's column sums (its row sums)
             // and offers each row to its candidates' lists.
-            Epi e{nullptr, inv_.data(), rowsum_.data(), cinv.data() + g * kTileCols, nodst,
+            Epi e{cur, inv_.data(), rowsum_.data(), cinv.data() + g * kTileCols, nodst,
                   gsum.data() + g * kTileCols * 8, a < b ? rowacc : nullptr, t * kTileRows,
-                  topk, cidx.data() + g * kTileCols, a < b, (graph && a == b) ? selfsim.data() : nullptr, n_};
+                  topk, cidx.data() + g * kTileCols, a < b, (graph && a == b) ? selfsim.data() : nullptr, n_,
+                  cur ? ccur.data() + g * kTileCols : nullptr};
             kern(all, t * kTileRows, cb, e);
             if (a < b)
               for (int r = 0; r < kTileRows; ++r) acc[t * kTileRows + r] += rowacc[r];
@@ -787,7 +808,12 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
     return sp;
   };
 
+  std::vector<uint8_t> chosen(n_, 0);   // [n] picked already
+  std::vector<float> cfull, pcol;       // refresh: [npad] effective cur; [view rows] the pick's column
+  std::vector<double> rgain, rsparse;   // [n] refresh gains: dense part, sparse part
   for (int64_t step = 0; step < budget; ++step) {
+    int64_t step_dense = 0;  // GEMM column evaluations of this step
+    bool refresh = false;
     // Fresh slots compete directly; stale kept columns are refreshed from the column (cheap) and the
     // heap's candidates through a GEMM batch, both while their bound could reach the tie set.
     double best = -std::numeric_limits<double>::infinity();
@@ -817,7 +843,13 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
     // A step that needs another pass doubles its batch (up to 8 m): early picks evaluate thousands of
     // candidates, and one pass over U serves many more columns.
     int64_t mb = m;
-    while (!heap.empty() && heap.front().ub > 0.0 && (live == 0 || heap.front().ub >= best - tie_tolerance(best))) {
+    const bool can_refresh = prows > 0 && 2 * u > n_;  // the triangle over all rows costs <= N columns over U
+    while (!refresh && !heap.empty() && heap.front().ub > 0.0 &&
+           (live == 0 || heap.front().ub >= best - tie_tolerance(best))) {
+      if (can_refresh && step_dense * kRefreshDiv >= n_) {
+        refresh = true;
+        break;
+      }
       take.clear();
       // Fill the batch with the next best bounds: one pass over U costs about the same for 6 or m
       // columns, and the extra kept columns serve later steps.
@@ -880,6 +912,7 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
         mb = std::min(2 * mb, 8 * m);
         out.n_passes += 1;
         out.n_dense_evaluations += mt;
+        step_dense += mt;
         out.multiply_adds += view.rows_pad * mpad * dpad_;
       }
       out.n_evaluations += mt;
@@ -897,7 +930,58 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
     // Tie set: fresh candidates within tau of the best, plus the lowest-index exact-zero bound.
     int64_t pick = -1, pick_slot = -1;
     double pick_gain = 0.0;
-    if (live > 0) {
+    const float* pickcol = nullptr;  // the pick's column over the view
+    if (refresh) {
+      // Exact gains of every candidate: dense part from one triangular pass against the effective cur
+      // (kBig on saturated rows), sparse part from the reverse adjacency. Every bound becomes exact.
+      cfull.assign(npad_, kBig);
+      for (int64_t i = 0; i < n_; ++i)
+        if (!sat[i]) cfull[i] = cur[i];
+      rgain.assign(n_, 0.0);
+      rsparse.assign(n_, 0.0);
+      out.multiply_adds += sym_pass(cfull.data(), 0, rgain.data(), nullptr);
+      out.n_passes += 1;
+      out.n_refreshes += 1;
+      best = 0.0;
+      for (int64_t j = 0; j < n_; ++j) {
+        if (chosen[j]) continue;
+        rgain[j] = std::max(0.0, rgain[j]);
+        if (use_graph) rsparse[j] = sparse_gain(j);
+        best = std::max(best, rgain[j] + rsparse[j]);
+        out.n_evaluations += 1;
+        out.n_dense_evaluations += 1;
+      }
+      const double floor = best - tie_tolerance(best);
+      for (int64_t j = 0; j < n_ && pick < 0; ++j)
+        if (!chosen[j] && rgain[j] + rsparse[j] >= floor) pick = j;
+      pick_gain = rgain[pick] + rsparse[pick];
+      pick_slot = slot_of[pick];
+      live = 0;
+      for (int64_t s = 0; s < cap; ++s)
+        if (slot_idx[s] >= 0) {
+          slot_dense[s] = rgain[slot_idx[s]];
+          slot_sparse[s] = rsparse[slot_idx[s]];
+          slot_fresh[s] = 1;
+          ++live;
+        }
+      heap.clear();
+      for (int64_t j = 0; j < n_; ++j)
+        if (!chosen[j] && slot_of[j] < 0 && j != pick) heap.push_back({rgain[j] + rsparse[j], j});
+      std::make_heap(heap.begin(), heap.end(), EntryLess());
+      if (pick_slot < 0) {  // its column over the view, for the cur update
+        pcol.assign(view.rows_pad, 0.f);
+        cand.resize(kTileCols * dpad_ * kern.elem());
+        pack_candidates(&pick, 1, kTileCols, cand.data());
+        cinv.assign(kTileCols, 0.f);
+        cinv[0] = inv_[pick];
+        dst.assign(kTileCols, nullptr);
+        dst[0] = pcol.data();
+        double gd = 0.0;
+        run_block(kern, view, cand.data(), cinv.data(), 1, kTileCols, ceff.data(), dst.data(), &gd);
+        out.multiply_adds += view.rows_pad * kTileCols * dpad_;
+        pickcol = pcol.data();
+      }
+    } else if (live > 0) {
       const double floor = best - tie_tolerance(best);
       for (int64_t s = 0; s < cap; ++s)
         if (slot_idx[s] >= 0 && slot_fresh[s] && gain_of(s) >= floor && (pick < 0 || slot_idx[s] < pick)) {
@@ -906,18 +990,22 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
           pick_gain = gain_of(s);
         }
     }
-    if (!heap.empty() && heap.front().ub <= 0.0 && (live == 0 || 0.0 >= best - tie_tolerance(best)) &&
+    if (!refresh && !heap.empty() && heap.front().ub <= 0.0 && (live == 0 || 0.0 >= best - tie_tolerance(best)) &&
         (pick < 0 || heap.front().idx < pick)) {
       pick = pop().idx;
       pick_slot = -1;
       pick_gain = 0.0;
     }
     if (step == 0) std::fill(out.nearest.begin(), out.nearest.end(), pick);
+    chosen[pick] = 1;
+    if (pick_slot >= 0) pickcol = cols.data() + pick_slot * stride;
     // A pick from the heap has gain 0: no row improves, nothing changes.
-    if (pick_slot >= 0) {
-      slot_idx[pick_slot] = -1;
-      slot_fresh[pick_slot] = 0;
-      slot_of[pick] = -1;
+    if (pick_slot >= 0 || refresh) {
+      if (pick_slot >= 0) {
+        slot_idx[pick_slot] = -1;
+        slot_fresh[pick_slot] = 0;
+        slot_of[pick] = -1;
+      }
       // Saturated rows improve only where they list the pick (reverse adjacency) ...
       sat_changed.clear();
       sat_old.clear();
@@ -936,7 +1024,7 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
       old_eff.clear();
       newly.clear();
       if (prows > 0) {
-        const float* col = cols.data() + pick_slot * stride;
+        const float* col = pickcol;
         for (int64_t p = 0; p < prows; ++p) {
           const int32_t i = prow[p];
           if (sat[i] || !(col[p] > cur[i])) continue;

@@ -39,6 +39,7 @@ struct GreedyOutput {
   int64_t multiply_adds = 0;               // dot-product multiply-adds of every pass, padding included
   int64_t first_pass_multiply_adds = 0;    // those of the first pass alone
   int64_t n_repacks = 0;                   // times the unsaturated rows were repacked into smaller panels
+  int64_t n_refreshes = 0;                 // full triangular passes that made every gain exact
   double first_pass_seconds = 0.0;         // column sums + top-K graph
   double greedy_seconds = 0.0;             // everything after the first pass
   std::vector<int64_t> unsaturated;        // [k] rows still unsaturated after each pick
@@ -97,6 +98,8 @@ class DenseSimilarity {
  private:
   GreedyOutput greedy(int64_t budget, int64_t batch, int64_t graph_k, bool knn,
                       const std::function<void(int64_t)>& progress) const;
+  // Triangular pass: column sums (cur null) or clipped gains against cur [npad] (see the .cpp).
+  int64_t sym_pass(const float* cur, int64_t k, double* out, NeighborGraph* graph) const;
   void pack_candidates(const int64_t* idx, int64_t m, int64_t mpad, void* buf) const;
   int64_t n_ = 0, d_ = 0, npad_ = 0, dpad_ = 0;
   bool int8_ = false;
