@@ -480,6 +480,11 @@ def markdown(all_rows: list) -> str:
                "seeded Gaussian projection 384 -> D); `gmm` = **synthetic** (seeded 200-cluster Gaussian mixture)")
     out.append("")
     out += targets(rows)
+    agree = [r for r in rows if r.get("vs_numpy_picks")]
+    if agree:
+        out.append("Backend agreement (cpp-fp32 vs numpy-fp32, same features, exact tie rule on both):")
+        out += [f"- N={r['n']} D={r['d']} k={r['k']} ({solver_id(r)}): {r['vs_numpy_picks']}" for r in agree]
+        out.append("")
     out += NOTES
     out.append("## All rows")
     out.append("")
