@@ -1,8 +1,10 @@
 """Backend discovery: the NumPy reference always; native modules loaded lazily on first use.
 
 A native load failure is cached (one import attempt per process) and an explicitly requested backend
-that cannot load raises ``BackendUnavailableError`` with the reason and the fix. ``auto`` prefers
-cuda (when ``mads_fast._solver_cuda`` loads and sees a GPU), then cpp, then numpy, and logs the choice.
+that cannot load raises ``BackendUnavailableError`` with the reason and the fix. ``auto`` picks cuda
+when ``mads_fast._solver_cuda`` loads, sees a GPU, and the input is on a GPU or has N * D >= 2**24
+(below that the host solver finishes before a device upload and launch pay off), then cpp, then
+numpy, and logs the choice.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ BACKENDS = ("numpy", "cpp", "cuda")
 _MODULES = {"cpp": "mads_fast._solver_cpu", "cuda": "mads_fast._solver_cuda"}
 _FIX = "rebuild the native modules with `pip install -e .` (MADS_FAST_BUILD_CUDA=1 and nvcc for cuda)"
 _loaded: dict = {}  # backend -> module, or the reason it failed
+CUDA_AUTO_SIZE = 1 << 24  # N * D from which ``auto`` prefers the GPU for host input (64 MB of float32)
 
 
 def _import(name: str):
@@ -60,7 +63,23 @@ def available_backends() -> list:
     return out
 
 
-def resolve(backend: str) -> str:
+def _wants_cuda(X) -> bool:
+    """auto's GPU rule for the input X (None: no input known, so the GPU when it loads)."""
+    if X is None:
+        return True
+    from ._cuda import is_device_array
+
+    if is_device_array(X):
+        return True
+    shape = getattr(X, "shape", None)
+    if shape is None or len(shape) != 2:
+        return False
+    return int(shape[0]) * int(shape[1]) >= CUDA_AUTO_SIZE
+
+
+def resolve(backend: str, X=None) -> str:
+    """The backend to run: ``backend`` itself when it loads (else BackendUnavailableError), or for
+    "auto" the fastest that loads, cuda only when ``X`` is on a GPU or large (see the module doc)."""
     if not isinstance(backend, str) or backend not in BACKENDS + ("auto",):
         raise InputError(f"backend={backend!r} is not one of 'auto', 'numpy', 'cpp', 'cuda'")
     if backend == "numpy":
@@ -69,6 +88,8 @@ def resolve(backend: str) -> str:
         load_native(backend)
         return backend
     for name in ("cuda", "cpp"):
+        if name == "cuda" and not _wants_cuda(X):
+            continue
         try:
             load_native(name)
         except BackendUnavailableError as exc:
@@ -135,6 +156,11 @@ def _result_from(out: dict):
 
 
 def make_engine(name: str, X):
+    """The similarity engine of backend ``name`` on X (NumPy [N, D] float32/int8; a CUDA array for cuda)."""
     if name == "numpy":
         return NumpyDense(X)
+    if name == "cuda":
+        from ._cuda import CudaDense  # imports _backends: load it here, not at module import
+
+        return CudaDense(X)
     return NativeDense(name, load_native(name), X)

@@ -36,6 +36,21 @@ def progress_bar(total: int, verbose: bool, desc: str):
     return update, bar.close
 
 
+def features_for_backend(X, backend):
+    """(features, backend name): X validated for the backend ``backend`` resolves to on this input.
+
+    A GPU-resident X (torch CUDA tensor, CuPy array) stays on its device for the cuda backend
+    (``_cuda.as_device_features``, no host copy); every other case goes through ``as_features`` (a
+    host NumPy array, copied from the GPU when needed)."""
+    name = resolve(backend, X)
+    if name == "cuda":
+        from ._cuda import as_device_features, is_device_array
+
+        if is_device_array(X):
+            return as_device_features(X), name
+    return as_features(X), name
+
+
 class FacilityLocation:
     """Facility-location core-set selection.
 
@@ -80,10 +95,9 @@ class FacilityLocation:
 
     def fit(self, X, y=None):
         self._check()
-        X = as_features(X)
+        X, name = features_for_backend(X, self.backend)
         n = X.shape[0]
         k = resolve_budget(self.budget, n)
-        name = resolve(self.backend)
         engine = make_engine(name, X)
         progress, close = progress_bar(k, self.verbose, "facility location")
         try:
@@ -118,7 +132,12 @@ class FacilityLocation:
             result = native(k, self.n_neighbors, self.batch_size, progress)
             if result is not None:
                 return result
-        neighbors, sims = knn_graph(engine, self.n_neighbors)
+        if getattr(engine, "name", None) == "cuda":
+            from ._cuda import knn_graph_cuda
+
+            neighbors, sims = knn_graph_cuda(engine, self.n_neighbors)
+        else:
+            neighbors, sims = knn_graph(engine, self.n_neighbors)
         oracle = SparseOracle(neighbors, sims)
         if self.optimizer == "lazy":
             return lazy_greedy(oracle, k, self.batch_size or 1, progress)

@@ -23,10 +23,10 @@ class KCenter:
         self.backend = backend
 
     def fit(self, X, y=None):
-        X = as_features(X)
+        name = resolve(self.backend, X)
+        X = as_features(X)  # host NumPy: the farthest-first loop reads columns on the host
         n = X.shape[0]
         k = resolve_budget(self.budget, n)
-        name = resolve(self.backend)
         engine = make_engine(name, X)
         everyone = np.arange(n, dtype=np.int64)
         j, _, _ = pick_tied(everyone, engine.column_sums())
