@@ -186,7 +186,7 @@ def draw_plots(report_dir: Path, arrays: dict, *, n_examples: int, budget: int, 
         ax.hist(raw, bins=bins, alpha=0.6, color="#ff7f0e", label=f"raw activations (mean {np.mean(raw):.3f})")
     if len(solver):
         ax.hist(solver, bins=bins, alpha=0.6, color="#1f77b4",
-                label=f"centred + normalised (mean {np.mean(solver):.3f})")
+                label=f"solver input: centred, scaled, normalised (mean {np.mean(solver):.3f})")
     ax.set_xlabel("cosine similarity of a random pair")
     ax.set_ylabel("pairs")
     ax.set_title("Pairwise similarity (sample)")
