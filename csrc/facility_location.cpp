@@ -637,17 +637,6 @@ int64_t DenseSimilarity::sym_pass(const float* cur, int64_t k, double* out, Neig
 }
 
 // ---------------------------------------------------------------- lazy greedy
-namespace {
-struct Entry {
-  double ub;
-  int64_t idx;
-};
-// max-heap order: larger bound first, then lower index
-struct EntryLess {
-  bool operator()(const Entry& a, const Entry& b) const { return a.ub < b.ub || (a.ub == b.ub && a.idx > b.idx); }
-};
-}  // namespace
-
 GreedyOutput DenseSimilarity::lazy_greedy(int64_t budget, int64_t batch,
                                           const std::function<void(int64_t)>& progress) const {
   return greedy(budget, batch, kDefaultGraphK, false, progress);

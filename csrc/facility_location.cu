@@ -650,17 +650,6 @@ void DenseSimilarityCuda::column_sums(double* out) {
 }
 
 // ------------------------------------------------------------------------------------------ lazy greedy
-namespace {
-struct Entry {
-  double ub;
-  int64_t idx;
-};
-// max-heap order: larger bound first, then lower index
-struct EntryLess {
-  bool operator()(const Entry& a, const Entry& b) const { return a.ub < b.ub || (a.ub == b.ub && a.idx > b.idx); }
-};
-}  // namespace
-
 GreedyOutput DenseSimilarityCuda::lazy_greedy(int64_t budget, int64_t batch,
                                               const std::function<void(int64_t)>& progress) {
   State& s = *s_;

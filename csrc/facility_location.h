@@ -27,6 +27,16 @@ constexpr double kTieRel = 1e-5;
 
 inline double tie_tolerance(double best) { return kTieAbs + kTieRel * std::fabs(best); }
 
+// A lazy-greedy heap entry, shared by the C++ and CUDA loops so both order candidates identically:
+// larger upper bound first, then the lower index (the tie rule's preference).
+struct Entry {
+  double ub;
+  int64_t idx;
+};
+struct EntryLess {
+  bool operator()(const Entry& a, const Entry& b) const { return a.ub < b.ub || (a.ub == b.ub && a.idx > b.idx); }
+};
+
 struct GreedyOutput {
   std::vector<int64_t> ranking;            // [k] picks in order
   std::vector<double> gains;               // [k] marginal gain of each pick
