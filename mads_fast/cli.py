@@ -61,8 +61,8 @@ def _add_extract(p):
                    help="render with the model's chat template (default), an Alpaca prompt, or the raw text")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="model compute precision (auto: fp32 on CPU, bf16 on GPU; bf16 on an AVX-512 BF16 CPU "
-                   "is ~2x faster than fp32 at some cost in feature precision)")
+                   help="model compute precision (auto: fp32 on CPU, bf16 on GPU; bf16 is faster on CPUs with "
+                   "AVX-512 BF16, at some cost in feature precision)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model directory")
 
 
