@@ -8,7 +8,8 @@ import pytest
 from mads_fast.errors import BackendUnavailableError, InputError
 from mads_fast.solver import FacilityLocation, KCenter, available_backends
 from mads_fast.solver import _backends
-from mads_fast.solver._tie import TIE_ABS, TIE_REL
+
+from greedy_reference import cosine64, tau, naive_greedy
 
 BACKENDS = ["numpy", "cpp", "cuda"]
 
@@ -18,35 +19,6 @@ def backend(request):
     if request.param not in available_backends():
         pytest.skip(f"backend {request.param!r} does not load here")
     return request.param
-
-
-def cosine64(X):
-    """float64 [N, N] clipped cosine similarity; zero rows are similar to nothing, themselves included."""
-    X = np.asarray(X, dtype=np.float64)
-    norms = np.linalg.norm(X, axis=1)
-    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    Xn = X * inv[:, None]
-    return np.maximum(Xn @ Xn.T, 0.0)
-
-
-def tau(g):
-    return TIE_ABS + TIE_REL * abs(g)
-
-
-def naive_greedy(S, k):
-    """Plain greedy over the full matrix: every gain exact each step, lowest index within tau."""
-    n = S.shape[0]
-    cur = np.zeros(n)
-    picks, gains = [], []
-    for _ in range(k):
-        g = np.maximum(S - cur[:, None], 0).sum(axis=0)  # [N] gain of each candidate
-        g[picks] = -np.inf
-        best = g.max()
-        j = int(np.flatnonzero(g >= best - tau(best))[0])
-        picks.append(j)
-        gains.append(g[j])
-        cur = np.maximum(cur, S[:, j])
-    return np.array(picks), np.array(gains)
 
 
 def objective(S, picks):

@@ -13,7 +13,8 @@ from mads_fast.solver._knn import knn_graph
 from mads_fast.solver._lazy import lazy_greedy
 from mads_fast.solver._numpy_impl import NumpyDense
 from mads_fast.solver._oracles import SparseOracle
-from mads_fast.solver._tie import TIE_ABS, TIE_REL
+
+from greedy_reference import cosine64, naive_greedy
 
 
 @pytest.fixture(scope="module")
@@ -43,26 +44,6 @@ def reference_backend():
 
 
 # ---------------------------------------------------------------------------------------------- data
-def cosine64(X):
-    """float64 [N, N] clipped cosine similarity; zero rows are similar to nothing, themselves included."""
-    X = np.asarray(X, dtype=np.float64)
-    norms = np.linalg.norm(X, axis=1)
-    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    Xn = X * inv[:, None]
-    return np.maximum(Xn @ Xn.T, 0.0)
-
-
-def naive_greedy(S, k):
-    """Every gain exact each step over the full float64 matrix; lowest index within tau of the best."""
-    cur = np.zeros(S.shape[0])
-    picks = []
-    for _ in range(k):
-        g = np.maximum(S - cur[:, None], 0).sum(axis=0)  # [N]
-        g[picks] = -np.inf
-        best = g.max()
-        picks.append(int(np.flatnonzero(g >= best - (TIE_ABS + TIE_REL * abs(best)))[0]))
-        cur = np.maximum(cur, S[:, picks[-1]])
-    return np.array(picks)
 
 
 def make(kind, n, d, dtype, seed=0):
@@ -149,7 +130,7 @@ def test_picks_match_naive_and_cpp(cuda, kind, n, d, dtype):
     np.testing.assert_allclose(fit.nearest_similarity_, other.nearest_similarity_, rtol=1e-5, atol=1e-6)
     S = int8_reference_similarity(X) if dtype == "int8" else cosine64(X)
     if n <= 400:
-        np.testing.assert_array_equal(fit.ranking_, naive_greedy(S, k))
+        np.testing.assert_array_equal(fit.ranking_, naive_greedy(S, k)[0])
     # nearest_: each row's most similar pick (within float noise of the true maximum)
     np.testing.assert_allclose(S[np.arange(n), fit.nearest_], S[:, fit.ranking_].max(axis=1), atol=1e-5)
     assert fit.weights_.sum() == n
@@ -193,7 +174,7 @@ def test_gains_are_bitwise_reproducible(cuda):
 def test_reduced_precision_keeps_the_objective(cuda, precision):
     X = make("clustered", 800, 96, "float32", seed=4)
     S = cosine64(X)
-    exact = naive_greedy(S, 80)
+    exact = naive_greedy(S, 80)[0]
     fast = cuda.CudaDense(X, precision=precision).lazy_greedy(80).ranking
     assert S[:, fast].max(axis=1).sum() >= 0.995 * S[:, exact].max(axis=1).sum()
 

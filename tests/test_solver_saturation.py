@@ -13,7 +13,8 @@ from mads_fast.solver._knn import knn_graph_reference
 from mads_fast.solver._lazy import lazy_greedy
 from mads_fast.solver._numpy_impl import NumpyDense
 from mads_fast.solver._oracles import SparseOracle
-from mads_fast.solver._tie import TIE_ABS, TIE_REL
+
+from greedy_reference import cosine64, naive_greedy
 
 pytestmark = pytest.mark.skipif("cpp" not in available_backends(), reason="the C++ solver module does not load")
 
@@ -21,28 +22,6 @@ pytestmark = pytest.mark.skipif("cpp" not in available_backends(), reason="the C
 def engine(X):
     X = X if X.dtype == np.int8 else X.astype(np.float32)
     return load_native("cpp").DenseSimilarity(np.ascontiguousarray(X))
-
-
-def cosine64(X):
-    X = np.asarray(X, dtype=np.float64)
-    norms = np.linalg.norm(X, axis=1)
-    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    return np.maximum((X * inv[:, None]) @ (X * inv[:, None]).T, 0.0)
-
-
-def naive_greedy(S, k):
-    n = S.shape[0]
-    cur = np.zeros(n)
-    picks, gains = [], []
-    for _ in range(k):
-        g = np.maximum(S - cur[:, None], 0).sum(axis=0)  # [N]
-        g[picks] = -np.inf
-        best = g.max()
-        j = int(np.flatnonzero(g >= best - (TIE_ABS + TIE_REL * abs(best)))[0])
-        picks.append(j)
-        gains.append(g[j])
-        cur = np.maximum(cur, S[:, j])
-    return np.array(picks), np.array(gains)
 
 
 def topk_reference(S32, k):
