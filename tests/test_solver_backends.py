@@ -116,3 +116,42 @@ def test_device_input_stays_on_the_device(fake_cuda, monkeypatch):
     fit = FacilityLocation(20, backend="auto").fit(marker)
     assert fit.backend_ == "cuda" and seen == [marker] and fake_cuda.built[0][0] is X
     np.testing.assert_array_equal(fit.ranking_, FacilityLocation(20, backend="cpp").fit(X).ranking_)
+
+
+def _grad_cuda_stand_in():
+    """A CPU tensor that answers like a CUDA tensor needing grad (a model's output): torch's
+    ``__cuda_array_interface__`` raises RuntimeError then, which ``hasattr`` does not swallow."""
+    torch = pytest.importorskip("torch")
+
+    class GradCudaTensor(torch.Tensor):
+        @property
+        def is_cuda(self):
+            return True
+
+        @property
+        def __cuda_array_interface__(self):
+            if self.requires_grad:
+                raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad. "
+                                   "If gradients aren't required, use var.detach() to get Variable that doesn't "
+                                   "require grad.")
+            raise AttributeError("a CPU stand-in has no device pointer")
+
+    return torch, GradCudaTensor
+
+
+def test_grad_requiring_device_tensor_is_detached_not_fatal(fake_cuda, monkeypatch):
+    torch, GradCudaTensor = _grad_cuda_stand_in()
+    X = data(seed=6)
+    T = torch.from_numpy(X.copy()).as_subclass(GradCudaTensor).requires_grad_(True)
+    with pytest.raises(RuntimeError, match="requires grad"):  # the stand-in raises where torch does
+        hasattr(T, "__cuda_array_interface__")
+    assert _cuda.is_device_array(T)
+    synced = []
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: type("S", (), {
+        "synchronize": lambda self: synced.append(device)})())
+    monkeypatch.setattr(fake_cuda, "DenseSimilarity", lambda source, precision, scratch, _f=fake_cuda.DenseSimilarity:
+                        _f(source.numpy(), precision, scratch))  # .numpy() raises while grad is required
+    fit = FacilityLocation(25, backend="auto").fit(T)
+    assert fit.backend_ == "cuda" and synced  # pending writes finished before the engine reads
+    assert T.requires_grad  # the caller's tensor is left as it was
+    np.testing.assert_array_equal(fit.ranking_, FacilityLocation(25, backend="cpp").fit(X).ranking_)

@@ -13,6 +13,8 @@ per evaluation, so the GPU buys little there.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from mads_fast.errors import InputError
@@ -25,12 +27,20 @@ KNN_BLOCK_BYTES = 1 << 30  # similarity rows held at once by knn_graph_cuda (flo
 _DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
 
 
+def _is_torch_tensor(X) -> bool:
+    """isinstance(X, torch.Tensor) without importing torch (a tensor cannot exist before torch is imported)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(X, torch.Tensor)
+
+
 def is_device_array(X) -> bool:
     """True for torch CUDA tensors, CuPy arrays and other CUDA arrays (interface or DLPack)."""
+    # torch first: its __cuda_array_interface__ raises RuntimeError (which hasattr does not swallow) for a
+    # CUDA tensor that requires grad, such as a model's output; as_device_features detaches it.
+    if _is_torch_tensor(X):
+        return bool(X.is_cuda)
     if hasattr(X, "__cuda_array_interface__"):
         return True
-    if type(X).__module__.startswith("torch"):
-        return bool(getattr(X, "is_cuda", False))
     device = getattr(X, "__dlpack_device__", None)
     if device is None:
         return False
@@ -57,8 +67,10 @@ def as_device_features(X):
     torch and CuPy arrays of other dtypes (fp16, bf16, fp64, other ints) are converted on their device.
     NaN/inf are found by the engine while it normalises (one pass it makes anyway).
     """
-    if not hasattr(X, "__cuda_array_interface__") and not type(X).__module__.startswith(("torch", "cupy")):
+    is_torch = _is_torch_tensor(X)
+    if not is_torch and not type(X).__module__.startswith("cupy") and not hasattr(X, "__cuda_array_interface__"):
         X = _from_dlpack(X)
+        is_torch = _is_torch_tensor(X)
     module = type(X).__module__
     shape = tuple(X.shape)
     if len(shape) != 2:
@@ -67,10 +79,10 @@ def as_device_features(X):
         raise InputError(f"X is empty: shape {shape} has no rows")
     if shape[1] == 0:
         raise InputError(f"X has no feature columns: shape {shape}")
-    if module.startswith("torch"):
+    if is_torch:
         import torch
 
-        X = X.detach()
+        X = X.detach()  # before anything reads __cuda_array_interface__ (it raises while grad is required)
         if X.dtype in (torch.complex64, torch.complex128, torch.bool):
             raise InputError(f"X has dtype {X.dtype}; expected a real numeric dtype (float32, float16, float64, int8)")
         if X.dtype not in (torch.float32, torch.int8):
@@ -82,18 +94,19 @@ def as_device_features(X):
         torch.cuda.current_stream(X.device).synchronize()
         return X
     if module.startswith("cupy"):
+        import cupy
+
         kind = X.dtype.kind
         if kind not in "fiu":
             raise InputError(f"X has dtype {X.dtype}; expected a real numeric dtype (float32, float16, float64, int8)")
-        if X.dtype.name not in ("float32", "int8"):
-            X = X.astype("float32")
-        if X.strides[1] != X.itemsize or X.strides[0] < X.shape[1] * X.itemsize:
-            import cupy
-
-            X = cupy.ascontiguousarray(X)
-        import cupy
-
-        cupy.cuda.get_current_stream().synchronize()
+        # CuPy launches on, and names the stream of, the current device: make it X's, so that an array on
+        # cuda:1 is converted and synchronised there while cuda:0 is current.
+        with X.device:
+            if X.dtype.name not in ("float32", "int8"):
+                X = X.astype("float32")
+            if X.strides[1] != X.itemsize or X.strides[0] < X.shape[1] * X.itemsize:
+                X = cupy.ascontiguousarray(X)
+            cupy.cuda.get_current_stream().synchronize()
         return X
     typestr = X.__cuda_array_interface__["typestr"]
     if typestr[1:] not in ("f4", "i1"):
