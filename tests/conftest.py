@@ -2,6 +2,11 @@
 
 Triton kernels run on the CPU under the interpreter when no GPU is present; the variable must be set
 before triton is imported anywhere, which is why it lives here at the top of conftest.
+
+GPU tests (marker ``gpu``) skip with their reason on machines without CUDA. On a GPU machine a skip
+would hide a broken build (``mads_fast._solver_cuda`` that did not compile or import, a device that is
+not seen) behind a green run: with ``MADS_FAST_REQUIRE_GPU=1`` every skip of a ``gpu`` test is reported
+as a failure instead. Tests that need more than one device carry ``multi_gpu`` as well and may still skip.
 """
 import importlib.util
 import os
@@ -16,6 +21,25 @@ import pytest
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ALPACA = SHARED / "data" / "alpaca_cleaned.jsonl"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+REQUIRE_GPU = os.environ.get("MADS_FAST_REQUIRE_GPU", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "multi_gpu: needs two or more CUDA devices (may skip even under "
+                                       "MADS_FAST_REQUIRE_GPU=1)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not (REQUIRE_GPU and report.skipped and not hasattr(report, "wasxfail")):
+        return
+    if item.get_closest_marker("gpu") is None or item.get_closest_marker("multi_gpu") is not None:
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"MADS_FAST_REQUIRE_GPU=1 and this GPU test skipped: {reason}"
 
 
 def smollm2_dir():

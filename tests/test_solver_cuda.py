@@ -2,8 +2,15 @@
 in place (torch, CuPy), the GPU kNN graph against the NumPy one, determinism, memory bounds.
 
 GPU tests carry the ``gpu`` marker and skip with the reason when ``mads_fast._solver_cuda`` does not load
-or sees no device; the glue's input checks and the kNN tie rule also run here on the CPU.
+or sees no device, except under ``MADS_FAST_REQUIRE_GPU=1`` (conftest), where such a skip fails; the glue's
+input checks, the kNN tie rule and that switch also run here on the CPU.
 """
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -73,6 +80,58 @@ def int8_reference_similarity(X):
 
 
 # ---------------------------------------------------------------------------------------------- CPU glue checks
+REQUIRE_GPU_PROBE = """
+import pytest
+
+@pytest.fixture
+def device():
+    pytest.skip("cuda backend unavailable: no device here")
+
+@pytest.mark.gpu
+def test_needs_device(device):
+    pass
+
+@pytest.mark.gpu
+@pytest.mark.multi_gpu
+def test_needs_two_devices():
+    pytest.skip("fewer than 2 CUDA devices")
+
+def test_cpu_skip():
+    pytest.skip("not a GPU test")
+
+@pytest.mark.gpu
+def test_needs_cupy():
+    pytest.skip("could not import 'cupy'")
+
+@pytest.mark.gpu
+def test_runs():
+    assert True
+"""
+
+
+@pytest.mark.parametrize("require", ["", "1"])
+def test_require_gpu_turns_gpu_skips_into_failures(tmp_path, require):
+    """The conftest switch, run on a probe suite in a child pytest: off, GPU tests skip with their reason;
+    on, a GPU test that skips (in a fixture or in its body) fails, while CPU and multi_gpu skips stay skips."""
+    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_probe.py").write_text(REQUIRE_GPU_PROBE)
+    (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -rA --strict-markers\nmarkers =\n    gpu: probe\n")
+    env = dict(os.environ, MADS_FAST_REQUIRE_GPU=require)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(tmp_path)], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=120)
+    out = run.stdout
+    assert "PASSED test_probe.py::test_runs" in out
+    assert "SKIPPED" in out and "not a GPU test" in out and "fewer than 2 CUDA devices" in out
+    if require:
+        assert run.returncode == 1, out
+        assert "ERROR test_probe.py::test_needs_device" in out and "FAILED test_probe.py::test_needs_cupy" in out
+        assert "MADS_FAST_REQUIRE_GPU=1 and this GPU test skipped" in out and "no device here" in out
+        assert "1 failed, 1 passed, 2 skipped, 1 error" in out
+    else:
+        assert run.returncode == 0, out
+        assert "1 passed, 4 skipped" in out and "no device here" in out
+
+
 def test_is_device_array_rejects_host_arrays():
     from mads_fast.solver._cuda import is_device_array
 
