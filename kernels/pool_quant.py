@@ -24,6 +24,8 @@ One pass over ``hidden`` (~99% of the bytes moved), one launch without projectio
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -212,6 +214,13 @@ def pool_quant_triton(hidden, lengths, pool, quant, projection, out, scale_out, 
 
     Arguments are assumed validated by ``mads_fast.pooling.pool_quant``.
     """
+    # Triton launches on the current CUDA device, whatever the pointers: hidden on cuda:1 while cuda:0 is
+    # current would hand cuda:1 addresses to kernels on cuda:0. The interpreter runs CPU tensors as they are.
+    with torch.cuda.device(hidden.device) if hidden.is_cuda else contextlib.nullcontext():
+        _launch(hidden, lengths, pool, quant, projection, out, scale_out, offset)
+
+
+def _launch(hidden, lengths, pool, quant, projection, out, scale_out, offset):
     n_rows, n_tok, n_cols = hidden.shape
     if hidden.stride(2) != 1:
         # Coalesced loads need unit stride along H; hooked activations already have it.

@@ -464,3 +464,87 @@ def test_triton_matches_reference_on_random_shapes(n_rows, n_tok, n_cols, pool, 
     q, scale = pool_quant(hidden, lengths, pool, quant, projection, backend="triton", offset=offset)
     assert_matches_reference(q, scale, hidden, lengths, pool, quant, projection, atol=2e-5, rtol=1e-4,
                              offset=offset)
+
+
+# --- devices ------------------------------------------------------------------------------------
+
+def test_launches_run_under_the_device_of_hidden(monkeypatch):
+    """Triton launches on the current CUDA device: the launcher must make hidden's device current. A
+    stand-in for a cuda:1 tensor checks the guard (the launch itself is recorded, not run)."""
+    import mads_fast.kernels.pool_quant as K
+
+    active, seen = [], []
+
+    class Guard:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            active.append(self.device)
+
+        def __exit__(self, *exc):
+            active.pop()
+
+    monkeypatch.setattr(torch.cuda, "device", Guard)
+    monkeypatch.setattr(K, "_launch", lambda hidden, *args: seen.append((hidden, list(active))))
+    on_gpu1 = type("StandIn", (), {"is_cuda": True, "device": torch.device("cuda", 1)})()
+    K.pool_quant_triton(on_gpu1, None, "mean", "int8", None, None, None)
+    assert seen == [(on_gpu1, [torch.device("cuda", 1)])] and active == []
+    cpu = torch.zeros(1, 1, 1)  # the interpreter's CPU tensors: no CUDA guard at all
+    K.pool_quant_triton(cpu, None, "mean", "int8", None, None, None)
+    assert seen[1] == (cpu, [])
+
+
+def _second_device():
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < 2:
+        pytest.skip(f"needs 2 CUDA devices, this machine has {count}")
+    return torch.device("cuda", 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.multi_gpu
+@pytest.mark.parametrize("projected", [False, True])
+def test_triton_on_a_second_device_while_the_first_is_current(projected):
+    device = _second_device()
+    hidden, lengths = make_batch((5, 40, 300), torch.bfloat16, seed=21, device=device)
+    projection = make_projection(300, 64, seed=3).to(device) if projected else None
+    with torch.cuda.device(0):
+        for quant in QUANTS:
+            q, scale = pool_quant(hidden, lengths, "mean", quant, projection, backend="triton")
+            assert q.device == device and scale.device == device
+            assert_matches_reference(q, scale, hidden, lengths, "mean", quant, projection, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quant", ["int8", "bit"])
+def test_arrival_counter_stress_is_bitwise_repeatable(quant, monkeypatch):
+    """B=4096 rows x 32 H-blocks of programs race to be each row's last arriver; the last one reads the
+    others' blocks from the scratch. The scratch is pre-filled with NaN each repeat, so a read of a block
+    whose store was not yet visible shows (a NaN scale, codes off) instead of passing silently; 10 repeats
+    must agree bit for bit with each other and with the reference's codes."""
+    if not torch.cuda.is_available():
+        pytest.skip("the arrival counter races only on a GPU (the interpreter runs programs one by one)")
+    n_rows, n_tok, n_cols = 4096, 16, 4096
+    hidden, lengths = make_batch((n_rows, n_tok, n_cols), torch.bfloat16, seed=31, device="cuda")
+    real_empty, poisoned = torch.empty, []
+
+    def nan_scratch(*shape, **kwargs):  # the launcher's fp32 scratch [B, H], poisoned
+        t = real_empty(*shape, **kwargs)
+        if t.dtype == torch.float32 and tuple(t.shape) == (n_rows, n_cols):
+            poisoned.append(t.fill_(math.nan).data_ptr())
+        return t
+
+    monkeypatch.setattr(torch, "empty", nan_scratch)
+    runs = []
+    for _ in range(10):
+        q, scale = pool_quant(hidden, lengths, "mean", quant, backend="triton")
+        torch.cuda.synchronize()
+        runs.append((q.cpu(), scale.cpu()))
+    monkeypatch.undo()
+    assert len(poisoned) == 10, "the scratch was not allocated where the test poisons it"
+    q0, s0 = runs[0]
+    assert torch.isfinite(s0).all() and (s0 > 0).all()
+    for q, s in runs[1:]:
+        assert torch.equal(q, q0) and torch.equal(s.view(torch.int32), s0.view(torch.int32))
+    assert_matches_reference(q0.cuda(), s0.cuda(), hidden, lengths, "mean", quant)
