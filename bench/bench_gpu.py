@@ -7,6 +7,10 @@ Configurations (the Targets table of DESIGN.md):
   array (one host -> device copy included).
 - knn: N=1M, D=1024 int8, top-64 graph built on the GPU + lazy greedy on the host graph (target < 60 s
   including the graph).
+- align: the int8 first pass (``column_sums``: N^2 D multiply-adds through cuBLAS) at N=65536 and 65537, from
+  a borrowed torch tensor and from NumPy. The engine pads the GEMM's rows to a multiple of 16 (int8 IMMA
+  kernels want m % 4 == 0); if that padding works, 65537 costs what 65536 does (a 1.00003x larger problem),
+  where a fallback to a non-tensor-core kernel would show as a several-fold slower row.
 The cpp rows run the same solver on the CPU. A full-size cpp run does not finish in minutes (dense: the
 first pass alone is 52k^2 x 4096 MACs; knn: 1M^2 x 1024), so cpp is capped, and the row says at what:
 dense at the same N and D with the budget cut to --cpp-budget picks (the GPU is rerun at that budget and
@@ -17,7 +21,7 @@ less what was in use before it (the engine allocates with cudaMalloc, which torc
 ``torch.cuda.max_memory_allocated`` is recorded too, for the torch buffers of the kNN graph).
 
     python bench/bench_gpu.py                   # everything
-    python bench/bench_gpu.py --only dense      # or knn
+    python bench/bench_gpu.py --only dense      # or knn, or align
     python bench/bench_gpu.py --quick           # N=20k dense / 100k knn: a check in a minute
 
 Prints one line per configuration; appends rows (device, driver, CUDA, cuBLAS, torch versions, date) to
@@ -202,7 +206,31 @@ def run_knn(torch, args):
     return rows
 
 
+def run_align(torch, args):
+    from mads_fast.solver._cuda import CudaDense
+
+    d = args.align_d
+    sizes = [int(v) for v in args.align_n.split(",")]
+    base = clustered_int8(torch, max(sizes), d, seed=2)
+    rows = []
+    for n in sizes:
+        for source in ("torch-cuda", "numpy"):
+            X = base[:n] if source == "torch-cuda" else base[:n].cpu().numpy()
+            engine = CudaDense(X)
+            engine.column_sums()  # warm-up: cuBLAS picks its kernel for this shape
+            times = [timed(torch, engine.column_sums)[1] for _ in range(args.align_repeat)]
+            seconds = float(np.median(times))
+            rows.append({"config": "align", "method": "cuda-int8-column-sums", "n": n, "d": d, "budget": 0,
+                         "input": source, "seconds": seconds, "times_s": times, "borrowed": engine.borrowed,
+                         "int8_tops": 2.0 * n * n * d / seconds / 1e12, "kernel": engine.kernel})
+            del engine
+    return rows
+
+
 def line(row):
+    if row["config"] == "align":
+        return (f"align {row['method']} input={row['input']} n={row['n']} d={row['d']} borrowed={row['borrowed']} : "
+                f"{row['seconds']:.4f} s median of {len(row['times_s'])} ({row['int8_tops']:.0f} int8 TOP/s)")
     extra = ""
     if "capped" in row:
         extra = f" (capped: {row['capped']}; cuda at the same size {row.get('cuda_seconds_same_budget', row.get('cuda_seconds_same_n')):.3f} s, same picks {row['same_picks_as_cuda']})"
@@ -227,7 +255,7 @@ def save(rows, base: Path) -> None:
     latest = {}
     for raw in (old + "".join(json.dumps(r) + "\n" for r in rows)).splitlines():
         r = json.loads(raw)
-        latest[(r["config"], r["method"], r["input"])] = r
+        latest[(r["config"], r["method"], r["input"], r["n"])] = r
     out = ["# CUDA solver vs C++ solver (same machine)", "",
            "| config | method | input | N | D | budget | seconds | target | peak GPU MiB | note | device | date |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -235,6 +263,8 @@ def save(rows, base: Path) -> None:
         note = r.get("capped", "")
         if note:
             note += f"; same picks as cuda: {r['same_picks_as_cuda']}"
+        if r["config"] == "align":
+            note = f"first pass, {r['int8_tops']:.0f} int8 TOP/s, borrowed {r['borrowed']}"
         peak = f"{r['peak_gpu_bytes'] / 2**20:.0f}" if "peak_gpu_bytes" in r else ""
         target = f"< {r['target_s']:g} s" if "target_s" in r else ""
         out.append(f"| {r['config']} | {r['method']} | {r['input']} | {r['n']} | {r['d']} | {r['budget']} | "
@@ -245,7 +275,7 @@ def save(rows, base: Path) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", choices=("dense", "knn"))
+    p.add_argument("--only", choices=("dense", "knn", "align"))
     p.add_argument("--quick", action="store_true")
     p.add_argument("--budget", type=float, default=0.15)
     p.add_argument("--dense-n", type=int, default=52_000)
@@ -255,6 +285,9 @@ def main(argv=None):
     p.add_argument("--neighbors", type=int, default=64)
     p.add_argument("--cpp-budget", type=int, default=500, help="cap of the dense cpp run's budget")
     p.add_argument("--cpp-knn-n", type=int, default=50_000, help="cap of the knn cpp run's N")
+    p.add_argument("--align-n", default="65536,65537", help="sizes of the align rows (comma-separated)")
+    p.add_argument("--align-d", type=int, default=4096)
+    p.add_argument("--align-repeat", type=int, default=5)
     p.add_argument("--note", default="")
     args = p.parse_args(argv)
     if args.quick:
@@ -264,7 +297,7 @@ def main(argv=None):
     meta["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta["note"] = args.note
     rows = []
-    for config, fn in (("dense", run_dense), ("knn", run_knn)):
+    for config, fn in (("dense", run_dense), ("knn", run_knn), ("align", run_align)):
         if args.only in (None, config):
             for row in fn(torch, args):
                 row.update(meta)

@@ -7,10 +7,11 @@
 // capped in bytes. No N x N buffer exists at any time.
 //
 // One pass = gather the m candidate rows, one cublasGemmEx ([N, D] x [D, m], "TN": X rows are the
-// column-major X^T), then clip_gain_kernel turns the N x m block into similarities (int8: float(dot) *
-// (inv_i * inv_c), the header's symmetric rule), stores them and sums max(0, s - cur_i) per column in
-// double in a fixed order (per-thread strided sums, a fixed shuffle tree, then partials summed in
-// row-block order), so the gains are bitwise reproducible run to run. The lazy greedy host loop is the C++ backend's: a heap
+// column-major X^T; N padded to a multiple of 16 rows, see State::mrows), then clip_gain_kernel turns the
+// N x m block into similarities (int8: float(dot) * (inv_i * inv_c), the header's symmetric rule), stores
+// them and sums max(0, s - cur_i) per column in double in a fixed order (per-thread strided sums, a fixed
+// shuffle tree, then partials summed in row-block order), so the gains are bitwise reproducible run to
+// run. The lazy greedy host loop is the C++ backend's: a heap
 // of upper bounds, batched re-evaluation, multi-pick from the kept columns, eviction of the lowest
 // fresh gains. After a pick only the rows whose cur changed (compacted with cub::DeviceSelect, stable)
 // update the kept gains, so a pick costs O(changed x kept) instead of O(N x kept).
@@ -45,6 +46,8 @@ constexpr int64_t kDefaultBatch = 128;          // candidates per pass: one pass
 constexpr int64_t kDefaultScratch = int64_t(512) << 20;
 constexpr int64_t kKeptBytes = int64_t(1) << 30;  // kept columns: 3 batches, at most 1 GiB
 constexpr int64_t kStageBytes = int64_t(64) << 20;  // host float upload staging: 64 MiB
+constexpr int64_t kRowAlign = 16;               // GEMM m (rows of X) padded to this: IMMA needs m % 4 == 0,
+                                                // fp16/bf16 tensor-core kernels prefer m % 8 == 0
 
 // ------------------------------------------------------------------------------------------ errors
 std::string call_name(const char* expr) {
@@ -319,9 +322,17 @@ struct DenseSimilarityCuda::State {
   int64_t elem = 4;             // bytes per feature element
   const void* x = nullptr;      // GEMM operand, [n, ldx]
   int64_t ldx = 0;              // elements per row of x
+  // GEMM rows. cuBLASLt documents its int8 IMMA (tensor-core) kernels, regular ordering, as TN only with
+  // m, k and the leading dimensions multiples of 4; cublasGemmEx documents only lda, ldb % 4 for int8, so
+  // m = N with N % 4 != 0 risks NOT_SUPPORTED or a silent fallback to a slower kernel. The GEMM therefore
+  // never sees m = N: owned copies of X get zero rows up to mrows = round_up(N, kRowAlign); a borrowed X
+  // keeps its largest aligned prefix (mmain rows) in place and its last N - mmain rows go through xtail, a
+  // zero-padded kRowAlign-row copy multiplied into R's rows [mmain, mrows). Rows >= N of R are never read.
+  int64_t mrows = 0, mmain = 0;
   bool borrowed = false;
   int64_t uploaded = 0;
   DeviceArray<unsigned char> xown;
+  DeviceArray<unsigned char> xtail;  // [kRowAlign][dpad] int8, borrowed X with N % kRowAlign != 0 only
   DeviceArray<float> inv;       // [n] int8 inverse norms
 
   int64_t cols = 0;             // columns of one GEMM output tile
@@ -351,13 +362,21 @@ struct DenseSimilarityCuda::State {
 
   void sync() { MADS_CUDA(cudaStreamSynchronize(stream)); }
 
-  // out column c (c < m) of the GEMM: X rows (all n) against B's m columns, B [m, ldb] row-major.
+  // out column c (c < m) of the GEMM: X rows (all n, padded to mrows) against B's m columns, B [m, ldb]
+  // row-major.
   void gemm(const void* B, int64_t ldb, int64_t m) {
-    const int mi = int(n), ni = int(m), ki = int(dpad);
+    if (mmain > 0) gemm_rows(x, ldx, mmain, 0, B, ldb, m);
+    if (mrows > mmain) gemm_rows(xtail.get(), dpad, mrows - mmain, mmain, B, ldb, m);
+  }
+
+  // R rows [row0, row0 + rows) from the row-major operand A [rows, lda].
+  void gemm_rows(const void* A, int64_t lda, int64_t rows, int64_t row0, const void* B, int64_t ldb, int64_t m) {
+    const int mi = int(rows), ni = int(m), ki = int(dpad);
+    void* C = R.get() + row0 * 4;  // int32 or fp32; row0 % kRowAlign == 0 keeps C 64-byte aligned
     if (prec == Prec::kInt8) {
       const int32_t one = 1, zero = 0;
-      MADS_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, mi, ni, ki, &one, x, CUDA_R_8I, int(ldx), B, CUDA_R_8I,
-                             int(ldb), &zero, R.get(), CUDA_R_32I, int(npad), CUBLAS_COMPUTE_32I, CUBLAS_GEMM_DEFAULT));
+      MADS_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, mi, ni, ki, &one, A, CUDA_R_8I, int(lda), B, CUDA_R_8I,
+                             int(ldb), &zero, C, CUDA_R_32I, int(npad), CUBLAS_COMPUTE_32I, CUBLAS_GEMM_DEFAULT));
       return;
     }
     const float one = 1.f, zero = 0.f;
@@ -366,8 +385,8 @@ struct DenseSimilarityCuda::State {
     if (prec == Prec::kTf32) ct = CUBLAS_COMPUTE_32F_FAST_TF32;
     if (prec == Prec::kFp16) t = CUDA_R_16F;
     if (prec == Prec::kBf16) t = CUDA_R_16BF;
-    MADS_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, mi, ni, ki, &one, x, t, int(ldx), B, t, int(ldb), &zero,
-                           R.get(), CUDA_R_32F, int(npad), ct, CUBLAS_GEMM_DEFAULT));
+    MADS_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, mi, ni, ki, &one, A, t, int(lda), B, t, int(ldb), &zero,
+                           C, CUDA_R_32F, int(npad), ct, CUBLAS_GEMM_DEFAULT));
   }
 
   // Epilogue of one GEMM tile of m columns: similarities into dst (column slots[c] or c), gains into
@@ -492,6 +511,8 @@ DenseSimilarityCuda::DenseSimilarityCuda(const Matrix& X, const std::string& pre
   s.npad = round_up(X.n, 32);  // 128-byte aligned columns of R and of the kept block
   s.elem = s.prec == Prec::kInt8 ? 1 : (s.prec == Prec::kFp16 || s.prec == Prec::kBf16) ? 2 : 4;
   s.dpad = round_up(X.d, 16 / s.elem);  // 16-byte rows: cuBLAS int8 needs lda % 4 == 0; gathers use uint4
+  s.mrows = round_up(X.n, kRowAlign);  // <= npad: R's columns hold every padded row
+  s.mmain = s.mrows;
 
   if (s.prec == Prec::kInt8) {
     const bool aligned = X.on_device && X.row_stride % 16 == 0 && reinterpret_cast<uintptr_t>(X.data) % 16 == 0 &&
@@ -500,8 +521,17 @@ DenseSimilarityCuda::DenseSimilarityCuda(const Matrix& X, const std::string& pre
       s.borrowed = true;
       s.x = X.data;
       s.ldx = X.row_stride;
+      s.mmain = s.n / kRowAlign * kRowAlign;
+      if (s.mmain < s.n) {  // the caller's rows end at N: its last N - mmain rows go through a padded copy
+        s.xtail.allocate(kRowAlign * s.dpad);
+        MADS_CUDA(cudaMemsetAsync(s.xtail.get(), 0, size_t(s.xtail.bytes()), s.stream));
+        MADS_CUDA(cudaMemcpy2DAsync(s.xtail.get(), size_t(s.dpad),
+                                    static_cast<const int8_t*>(X.data) + s.mmain * X.row_stride,
+                                    size_t(X.row_stride), size_t(X.d), size_t(s.n - s.mmain),
+                                    cudaMemcpyDeviceToDevice, s.stream));
+      }
     } else {
-      s.xown.allocate(s.n * s.dpad);
+      s.xown.allocate(s.mrows * s.dpad);  // zeroed below, padding rows included
       MADS_CUDA(cudaMemsetAsync(s.xown.get(), 0, size_t(s.xown.bytes()), s.stream));
       MADS_CUDA(cudaMemcpy2DAsync(s.xown.get(), size_t(s.dpad), X.data, size_t(X.row_stride), size_t(X.d),
                                   size_t(X.n), X.on_device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice,
@@ -515,9 +545,12 @@ DenseSimilarityCuda::DenseSimilarityCuda(const Matrix& X, const std::string& pre
                                                                          s.inv.get());
     MADS_LAUNCHED("int8_inverse_norms_kernel");
   } else {
-    s.xown.allocate(s.n * s.dpad * s.elem);
+    s.xown.allocate(s.mrows * s.dpad * s.elem);
     s.x = s.xown.get();
     s.ldx = s.dpad;
+    if (s.mrows > s.n)  // padding rows: zeros, so their GEMM rows are 0 (never read, never NaN)
+      MADS_CUDA(cudaMemsetAsync(s.xown.get() + s.n * s.dpad * s.elem, 0, size_t((s.mrows - s.n) * s.dpad * s.elem),
+                                s.stream));
     DeviceArray<unsigned long long> bad;
     bad.allocate(1);
     MADS_CUDA(cudaMemsetAsync(bad.get(), 0xff, sizeof(unsigned long long), s.stream));
@@ -597,8 +630,8 @@ uintptr_t DenseSimilarityCuda::features_pointer() const { return reinterpret_cas
 int64_t DenseSimilarityCuda::uploaded_bytes() const { return s_->uploaded; }
 int64_t DenseSimilarityCuda::device_bytes() const {
   const State& s = *s_;
-  return s.xown.bytes() + s.inv.bytes() + s.cand.bytes() + s.R.bytes() + s.cinv.bytes() + s.partial.bytes() +
-         s.gains.bytes() + s.idx.bytes() + s.slots.bytes();
+  return s.xown.bytes() + s.xtail.bytes() + s.inv.bytes() + s.cand.bytes() + s.R.bytes() + s.cinv.bytes() +
+         s.partial.bytes() + s.gains.bytes() + s.idx.bytes() + s.slots.bytes();
 }
 
 void DenseSimilarityCuda::columns(const int64_t* idx, int64_t m, const float* cur, float* out, double* gains) {

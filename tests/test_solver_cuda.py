@@ -248,6 +248,37 @@ def test_tiles_never_hold_n_by_n(cuda):
     np.testing.assert_allclose(sums[:50], NumpyDense(X[:]).columns(np.arange(50))[0].sum(axis=1), rtol=1e-5)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [1, 2, 3, 15, 16, 17, 37, 4099])
+@pytest.mark.parametrize("source", ["numpy", "torch-borrowed", "torch-copied"])
+def test_int8_gemm_at_unaligned_n_matches_numpy(cuda, n, source):
+    """int8 GEMM rows are padded to a multiple of 16 (IMMA kernels want m % 4 == 0): owned copies carry zero
+    rows, a borrowed X its aligned prefix plus a padded copy of the last N % 16 rows. Every similarity and
+    column sum must equal the exact NumPy rule whatever N % 16 is, for host, borrowed and copied input."""
+    d = 64 if source != "torch-copied" else 37  # D=37: rows not 16-byte multiples, so the engine copies
+    X = make("random", n, d, "int8", seed=n)
+    if source == "numpy":
+        engine = cuda.CudaDense(X)
+    else:
+        torch = pytest.importorskip("torch")
+        if not torch.cuda.is_available():
+            pytest.skip("torch has no CUDA here")
+        engine = cuda.CudaDense(torch.from_numpy(X).cuda())
+    assert engine.borrowed == (source == "torch-borrowed")
+    S_ref = int8_reference_similarity(X)  # float64 [N, N], symmetric
+    idx = np.unique(np.r_[0, n - 1, np.random.default_rng(n).integers(0, n, 40)])  # [m], both ends of X
+    S, g = engine.columns(idx)
+    np.testing.assert_allclose(S, S_ref[idx], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(g, S_ref[idx].sum(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(engine.column_sums(), S_ref.sum(axis=0), rtol=1e-5)
+    k = max(1, n // 5)
+    if n <= 400:
+        expected = naive_greedy(S_ref, k)[0]
+    else:
+        expected = FacilityLocation(k, backend=reference_backend()).fit(X).ranking_
+    np.testing.assert_array_equal(engine.lazy_greedy(k).ranking, expected)
+
+
 # ---------------------------------------------------------------------------------------------- GPU: device input
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype, d", [("int8", 64), ("int8", 37), ("float32", 50)])
@@ -310,6 +341,56 @@ def test_columns_device_matches_host_columns(cuda, torch_cuda):
     S, _ = engine.columns(idx)
     np.testing.assert_array_equal(out[:, :333].cpu().numpy(), S)
     assert (out[:, 333:] == -7.0).all()  # nothing written past N
+
+
+@pytest.mark.gpu
+def test_fit_takes_a_cuda_tensor_that_requires_grad(cuda, torch_cuda):
+    """A model's output: torch's __cuda_array_interface__ raises RuntimeError on it until it is detached."""
+    torch = torch_cuda
+    X = make("clustered", 300, 32, "float32", seed=13)
+    weight = torch.ones(32, device="cuda", requires_grad=True)
+    out = torch.from_numpy(X).cuda() * weight  # [N, D], requires grad, has a grad_fn
+    with pytest.raises(RuntimeError, match="requires grad"):
+        out.__cuda_array_interface__
+    expected = FacilityLocation(30, backend=reference_backend()).fit(X).ranking_
+    for backend in ("cuda", "auto"):
+        fit = FacilityLocation(30, backend=backend).fit(out)
+        assert fit.backend_ == "cuda"
+        np.testing.assert_array_equal(fit.ranking_, expected)
+    assert out.requires_grad
+
+
+def second_device(cuda):
+    count = cuda.load_native("cuda").device_count()
+    if count < 2:
+        pytest.skip(f"needs 2 CUDA devices, this machine has {count}")
+    return 1
+
+
+@pytest.mark.gpu
+@pytest.mark.multi_gpu
+@pytest.mark.parametrize("kind", ["torch", "cupy"])
+def test_input_on_a_second_device_is_converted_and_solved_there(cuda, kind):
+    """fp16 input on device 1 while device 0 is current: converted (to float32) and synchronised on device
+    1, and the engine runs there."""
+    device = second_device(cuda)
+    X = make("clustered", 400, 48, "float32", seed=14)
+    half = X.astype(np.float16)
+    if kind == "torch":
+        torch = pytest.importorskip("torch")
+        source = torch.from_numpy(half).to(f"cuda:{device}")
+        current = torch.cuda.device(0)
+    else:
+        cupy = pytest.importorskip("cupy")
+        with cupy.cuda.Device(device):
+            source = cupy.asarray(half)
+        current = cupy.cuda.Device(0)
+    with current:
+        engine = cuda.CudaDense(source)
+        ranking = engine.lazy_greedy(40).ranking
+    assert engine.device == device and engine.uploaded_bytes == 0
+    expected = FacilityLocation(40, backend=reference_backend()).fit(half.astype(np.float32)).ranking_
+    np.testing.assert_array_equal(ranking, expected)
 
 
 # ---------------------------------------------------------------------------------------------- GPU: kNN
