@@ -36,6 +36,11 @@
 # Each stage stays inside STAGE_SECONDS (default 570) with a `timeout` per step, prints progress, and
 # writes under $OUT as it goes, so a command cut at its limit still returns what finished. On a machine
 # without a CUDA GPU every stage refuses in one line.
+#
+# Machine time: at the defaults the three stages can hold the machine for about 30 minutes with its start.
+# Where less is granted, shorten the stages in the command itself, e.g. "STAGE_SECONDS=240 bash
+# bench/gpu_run.sh 1" and "STAGE_SECONDS=420 bash bench/gpu_run.sh 2", and leave stage 3 for a later
+# machine (it then rebuilds the extension and runs the solver and kernel benchmarks, which need no upload).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
