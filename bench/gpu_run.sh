@@ -103,8 +103,9 @@ finish() {
   say "files in \$OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
 }
 
-site_env() {
-  export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+site_env() {  # the carried wheels, and the checkout itself: nothing is installed there, so scripts under
+  # bench/ and the tests' child processes find mads_fast (and mads_fast.kernels, a link) through the path
+  export PYTHONPATH="$WORK/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 }
 
 data_args() {
