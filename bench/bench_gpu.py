@@ -10,7 +10,8 @@ Configurations (the Targets table of DESIGN.md):
 - align: the int8 first pass (``column_sums``: N^2 D multiply-adds through cuBLAS) at N=65536 and 65537, from
   a borrowed torch tensor and from NumPy. The engine pads the GEMM's rows to a multiple of 16 (int8 IMMA
   kernels want m % 4 == 0); if that padding works, 65537 costs what 65536 does (a 1.00003x larger problem),
-  where a fallback to a non-tensor-core kernel would show as a several-fold slower row.
+  where a fallback to a non-tensor-core kernel would show as a several-fold slower row. The same two sizes
+  through ``torch._int_mm`` ([N, D] x [D, 2048], cuBLASLt, no padding) show what unpadded m costs there.
 The cpp rows run the same solver on the CPU. A full-size cpp run does not finish in minutes (dense: the
 first pass alone is 52k^2 x 4096 MACs; knn: 1M^2 x 1024), so cpp is capped, and the row says at what:
 dense at the same N and D with the budget cut to --cpp-budget picks (the GPU is rerun at that budget and
@@ -222,12 +223,29 @@ def run_align(torch, args):
             seconds = float(np.median(times))
             rows.append({"config": "align", "method": "cuda-int8-column-sums", "n": n, "d": d, "budget": 0,
                          "input": source, "seconds": seconds, "times_s": times, "borrowed": engine.borrowed,
-                         "int8_tops": 2.0 * n * n * d / seconds / 1e12, "kernel": engine.kernel})
+                         "int8_tops": 2.0 * n * n * d / seconds / 1e12, "kernel": f"first pass ({engine.kernel})"})
             del engine
+        rows.append(_int_mm_row(torch, base[:n], base[:2048].t(), args.align_repeat))
     return rows
 
 
+def _int_mm_row(torch, A, B, repeat):
+    """torch._int_mm(A [N, D], B [D, M]) timed like the engine rows, or the error torch raised."""
+    n, d = A.shape
+    row = {"config": "align", "method": "torch-int_mm", "n": n, "d": d, "budget": 0, "input": "torch-cuda",
+           "borrowed": "n/a", "kernel": f"torch._int_mm [N, {d}] x [{d}, {B.shape[1]}]"}
+    try:
+        torch._int_mm(A, B)  # warm-up
+        times = [timed(torch, lambda: torch._int_mm(A, B))[1] for _ in range(repeat)]
+    except RuntimeError as exc:
+        return dict(row, seconds=float("nan"), times_s=[], int8_tops=float("nan"), error=str(exc).splitlines()[0])
+    seconds = float(np.median(times))
+    return dict(row, seconds=seconds, times_s=times, int8_tops=2.0 * n * B.shape[1] * d / seconds / 1e12)
+
+
 def line(row):
+    if row["config"] == "align" and "error" in row:
+        return f"align {row['method']} input={row['input']} n={row['n']} d={row['d']} : refused ({row['error']})"
     if row["config"] == "align":
         return (f"align {row['method']} input={row['input']} n={row['n']} d={row['d']} borrowed={row['borrowed']} : "
                 f"{row['seconds']:.4f} s median of {len(row['times_s'])} ({row['int8_tops']:.0f} int8 TOP/s)")
@@ -264,7 +282,7 @@ def save(rows, base: Path) -> None:
         if note:
             note += f"; same picks as cuda: {r['same_picks_as_cuda']}"
         if r["config"] == "align":
-            note = f"first pass, {r['int8_tops']:.0f} int8 TOP/s, borrowed {r['borrowed']}"
+            note = r.get("error") or f"{r['kernel']}, {r['int8_tops']:.0f} int8 TOP/s, borrowed {r['borrowed']}"
         peak = f"{r['peak_gpu_bytes'] / 2**20:.0f}" if "peak_gpu_bytes" in r else ""
         target = f"< {r['target_s']:g} s" if "target_s" in r else ""
         out.append(f"| {r['config']} | {r['method']} | {r['input']} | {r['n']} | {r['d']} | {r['budget']} | "
