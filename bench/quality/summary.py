@@ -101,6 +101,8 @@ def markdown(rows: List[dict], header: dict) -> str:
                + ". Intervals: 95% bootstrap over items; "
                "Δ = paired difference to the mean of the random seeds of the same regime (bold: the interval "
                "excludes 0). NLL: lower is better; MMLU: higher.")
+    if header.get("command"):
+        out += ["", f"Command: `{header['command']}`"]
     for regime, title in (("examples", "Equal example count"), ("tokens", "Equal training tokens"),
                           ("none", "No training")):
         rr = [r for r in rows if r["regime"] == regime]
