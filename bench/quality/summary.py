@@ -100,7 +100,10 @@ def markdown(rows: List[dict], header: dict) -> str:
                f"(= {s['token_reference']}'s). Items scored: " + ", ".join(f"{k} {v:,}" for k, v in s["items"].items())
                + ". Intervals: 95% bootstrap over items; "
                "Δ = paired difference to the mean of the random seeds of the same regime (bold: the interval "
-               "excludes 0). NLL: lower is better; MMLU: higher.")
+               "excludes 0). The intervals cover the sampling of evaluation items only, not the luck of which "
+               "examples an arm drew: the spread of the random seeds (min–max row) is that noise, so a difference "
+               "smaller than it is not evidence even when its interval excludes 0. NLL: lower is better; MMLU: "
+               "higher.")
     if header.get("command"):
         out += ["", f"Command: `{header['command']}`"]
     for regime, title in (("examples", "Equal example count"), ("tokens", "Equal training tokens"),
