@@ -106,8 +106,8 @@ def markdown(rows: List[dict], header: dict) -> str:
                "higher.")
     if header.get("command"):
         out += ["", f"Command: `{header['command']}`"]
-    for regime, title in (("examples", "Equal example count"), ("tokens", "Equal training tokens"),
-                          ("none", "No training")):
+    for regime, title in (("none", "No training"), ("examples", "Equal example count"),
+                          ("tokens", "Equal training tokens")):
         rr = [r for r in rows if r["regime"] == regime]
         if not rr:
             continue
