@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import InputError
 
 log = logging.getLogger("mads_fast")
@@ -98,25 +97,15 @@ def default_store(data_path, out) -> Path:
     return base / f"{Path(str(data_path)).name}.features"
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_indices(path, result: SelectionResult) -> None:
     """JSONL, one line per pick: rank, position, id, gain, weight."""
     lines = [json.dumps({"rank": r, "index": int(i), "id": result.ids[r], "gain": float(result.gains[r]),
                          "weight": int(result.weights[r])})
              for r, i in enumerate(result.indices)]
-    _atomic_text(Path(path), "\n".join(lines) + "\n")
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(data))
 
 
 def solve_store(store, budget, *, objective="facility", backend="auto", mode="dense", optimizer="lazy",

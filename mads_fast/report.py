@@ -13,13 +13,12 @@ The arrays behind the plots live in ``report_data.npz`` so ``mads-fast report`` 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import InputError
 
 THRESHOLDS = (0.5, 0.7, 0.9)
@@ -79,23 +78,11 @@ def similarity_summary(sims: np.ndarray) -> dict:
             "p01": float(q[0]), "median": float(q[1]), "p99": float(q[2])}
 
 
-def _atomic_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_report(report_dir, summary: dict, *, gains, nearest_similarity, raw_sims=None, solver_sims=None,
                  budget: Optional[int] = None) -> dict:
     """Write report.json, report_data.npz and the PNG plots into ``report_dir``; returns the JSON dict."""
     report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
     gains = np.asarray(gains, dtype=np.float64)
     nearest_similarity = np.asarray(nearest_similarity, dtype=np.float64)
     n = len(nearest_similarity)
@@ -112,9 +99,9 @@ def write_report(report_dir, summary: dict, *, gains, nearest_similarity, raw_si
     arrays = {"gains": gains, "nearest_similarity": nearest_similarity,
               "raw_sims": np.asarray(raw_sims if raw_sims is not None else [], dtype=np.float64),
               "solver_sims": np.asarray(solver_sims if solver_sims is not None else [], dtype=np.float64)}
-    _atomic_bytes(report_dir / "report_data.npz", lambda fh: np.savez_compressed(fh, **arrays))
+    atomic_write(report_dir / "report_data.npz", lambda fh: np.savez_compressed(fh, **arrays))
     draw_plots(report_dir, arrays, n_examples=n, budget=budget or len(gains), knee=knee)
-    _atomic_bytes(report_dir / "report.json",
+    atomic_write(report_dir / "report.json",
                   lambda fh: fh.write(json.dumps(summary, indent=2, sort_keys=False).encode() + b"\n"))
     return summary
 
@@ -149,7 +136,7 @@ def draw_plots(report_dir: Path, arrays: dict, *, n_examples: int, budget: int, 
     k = np.arange(1, len(gains) + 1)
 
     def save(fig, name):
-        _atomic_bytes(report_dir / name, lambda fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight"))
+        atomic_write(report_dir / name, lambda fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight"))
         plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
