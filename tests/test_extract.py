@@ -105,6 +105,17 @@ def test_store_reused_and_mismatch_is_an_error(tiny, alpaca40, tmp_path):
         extract(alpaca40, store, model=tiny, layers="1", quant="fp16", max_length=64, progress=False)
 
 
+def test_matching_store_is_reused_without_loading_the_model(tiny_model_dir, alpaca40, tmp_path):
+    # Given a model directory (not a loaded model), the store is asked whether it matches before the model loads.
+    store = tmp_path / "store"
+    first = extract(alpaca40, store, model=tiny_model_dir, layers="2", quant="int8", max_length=64, progress=False)
+    assert not first.reused and first.model_seconds > 0
+    again = extract(alpaca40, store, model=tiny_model_dir, layers="2", quant="int8", max_length=64, progress=False)
+    assert again.reused and again.model_seconds == 0 and again.n_shards_written == 0
+    with pytest.raises(InputError, match="feature_spec.quant"):
+        extract(alpaca40, store, model=tiny_model_dir, layers="2", quant="fp16", max_length=64, progress=False)
+
+
 def test_bad_options_are_input_errors(tiny, alpaca40, tmp_path):
     for kwargs, match in [(dict(pool="median"), "--pool"), (dict(quant="int4"), "--quant"),
                           (dict(max_length=0), "--max-length"), (dict(project=-3), "--project"),

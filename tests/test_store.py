@@ -18,7 +18,7 @@ import pytest
 
 from mads_fast import atomic
 from mads_fast.errors import InputError
-from mads_fast.store import FeatureReader, FeatureStore, load_features, load_offset, load_solver_input
+from mads_fast.store import FeatureReader, FeatureStore, Manifest, load_features, load_offset, load_solver_input
 from mads_fast.store import normalise as normalise_mod
 from mads_fast.store import writer as writer_mod
 
@@ -570,3 +570,39 @@ def test_killed_writer_resumes_byte_identical(tmp_path):
     resumed.finalize()
     assert store_files(target) == store_files(tmp_path / "clean")
     np.testing.assert_array_equal(load_features(target)[1], load_features(tmp_path / "clean")[1])
+
+
+def test_manifest_first_difference_names_the_first_leaf_of_the_keys_asked_for(tmp_path):
+    build(tmp_path / "s", "int8")
+    manifest = Manifest.read(tmp_path / "s")
+    assert manifest.first_difference(manifest) is None
+    moved = json.loads(json.dumps(manifest.data))
+    moved["dataset"]["path"] = "/elsewhere/alpaca.jsonl"  # not a key that must match
+    assert manifest.first_difference(moved) is None
+    other = json.loads(json.dumps(manifest.data))
+    other["feature_spec"]["layers"] = [10]
+    other["dim"] = 8
+    found = manifest.first_difference(other)
+    assert found == ("feature_spec.layers", [10, 20], [10])  # MATCH_KEYS order: the spec before the dims
+    assert "feature_spec.layers is [10, 20] there but [10] here" == str(found)
+    # a partial request (what extract knows before the model loads) is compared on the keys it names only
+    partial = {"model": {"weights_sha256": MODEL["weights_sha256"]}, "feature_spec": SPEC}
+    assert manifest.first_difference(partial, keys=("model.weights_sha256", "feature_spec")) is None
+    partial["model"]["weights_sha256"] = "cd" * 32
+    assert manifest.first_difference(partial, keys=("model.weights_sha256",)).key == "model.weights_sha256"
+    assert manifest.first_difference({}, keys=("dim",)) == ("dim", 24, "<absent>")
+    assert Manifest.read_if_any(tmp_path / "none yet") is None
+
+
+@pytest.mark.parametrize("dtype", list(LAYOUTS))
+def test_rows_reads_exactly_the_rows_asked_for(tmp_path, dtype):
+    build(tmp_path / "s", dtype, offset=offset_for(LAYOUTS[dtype][0]) if dtype in ("int8", "uint8") else None)
+    reader = FeatureReader(tmp_path / "s")
+    _, everything = load_features(tmp_path / "s")
+    _, normalised = load_features(tmp_path / "s", raw=False)
+    positions = np.array([22, 0, 7, 5, 4, 9, 7])  # unsorted, repeated, across shard boundaries (5 rows each)
+    np.testing.assert_array_equal(reader.rows(positions), everything[positions])
+    np.testing.assert_allclose(reader.rows(positions, raw=False), normalised[positions], rtol=1e-6, atol=1e-7)
+    assert reader.rows([]).shape == (0, LAYOUTS[dtype][0])
+    with pytest.raises(InputError, match="positions"):
+        reader.rows([23])
