@@ -150,8 +150,8 @@ def _detect_schema(rec: dict, text_field: Optional[str], seen_keys: list, path: 
     if "instruction" in rec and "output" in rec:
         return "alpaca"
     strings = [k for k in seen_keys if isinstance(rec.get(k), str)]
-    hint = f"pass --text-field NAME (string fields: {', '.join(strings)})" if strings else \
-        "pass --text-field NAME"
+    hint = f"pass text_field=NAME (--text-field; string fields: {', '.join(strings)})" if strings else \
+        "pass text_field=NAME (--text-field)"
     raise InputError(f"unknown schema: keys seen {', '.join(seen_keys) or '(none)'}; expected Alpaca "
                      f"(instruction/output), ShareGPT (conversations), chat messages (messages); {hint}",
                      path=path)
@@ -244,7 +244,7 @@ def _read_jsonl(path: str, lenient: bool, limit: Optional[int]):
                     where = f"at byte {size:,} (line {lineno:,})"
                     if not lenient:
                         raise InputError(f"last line is cut off after {len(records):,} complete records "
-                                         f"{where}; pass --lenient to keep them", path=path) from None
+                                         f"{where}; pass lenient=True (--lenient) to keep them", path=path) from None
                     salvage = Salvage(kept=len(records), complete=len(records), cut_byte=size,
                                       cut_line=lineno)
                     break
@@ -336,7 +336,7 @@ def _read_json_array(path: str, data: bytes, lenient: bool, limit: Optional[int]
     if cut:
         if not lenient:
             raise InputError(f"JSON array is cut off after {len(records):,} complete records at byte "
-                             f"{size:,} (line {cut_line:,}); pass --lenient to keep them", path=path)
+                             f"{size:,} (line {cut_line:,}); pass lenient=True (--lenient) to keep them", path=path)
         kept = records if limit is None else records[:limit]
         salvage = Salvage(kept=len(kept), complete=len(records), cut_byte=size, cut_line=cut_line)
         records, char_pos = kept, char_pos[:len(kept)]

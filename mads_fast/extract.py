@@ -23,12 +23,11 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 
 from .errors import InputError
-from .quant import QUANTS, STORE_DTYPES, out_width
+from .options import FEATURES, POOLS, QUANTS, TEMPLATES, check_choice, check_positive_int
+from .quant import STORE_DTYPES, out_width
 
 log = logging.getLogger("mads_fast")
 
-POOLS = ("mean", "max", "last", "active")
-TEMPLATES = ("chat", "alpaca", "none")
 # What a request says before its model loads: a complete store that agrees on these is reused as it is.
 PRELOAD_MATCH_KEYS = ("model.weights_sha256", "feature_spec", "dataset.fingerprint", "dataset.n_records")
 CALIBRATION_RECORDS = 64  # an offset needs only a rough mean: 64 records cost ~6% of a 1k-record run
@@ -85,19 +84,14 @@ class ExtractStats:
 
 
 def _check_options(pool, quant, template, feature, project, max_length, tokens_per_batch, shard_size):
-    from .model import SOURCES
-
-    for name, value, choices in (("--pool", pool, POOLS), ("--quant", quant, QUANTS),
-                                 ("--template", template, TEMPLATES), ("--feature", feature, SOURCES)):
-        if value not in choices:
-            raise InputError(f"{name}: unknown value {value!r} (choose from {', '.join(choices)})")
-    for name, value, low in (("--max-length", max_length, 1), ("--tokens-per-batch", tokens_per_batch, 1),
-                             ("--shard-size", shard_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise InputError(f"{name}: must be a positive integer, got {value!r}")
-    if project is not None and (isinstance(project, bool) or not isinstance(project, (int, np.integer))
-                                or project < 1):
-        raise InputError(f"--project: must be a positive integer, got {project!r}")
+    for param, value, choices in (("pool", pool, POOLS), ("quant", quant, QUANTS), ("template", template, TEMPLATES),
+                                  ("feature", feature, FEATURES)):
+        check_choice(param, value, choices)
+    for param, value in (("max_length", max_length), ("tokens_per_batch", tokens_per_batch),
+                         ("shard_size", shard_size)):
+        check_positive_int(param, value)
+    if project is not None:
+        check_positive_int("project", project)
 
 
 class _ShardWriter:
@@ -245,7 +239,7 @@ def extract(data, store: Union[str, Path], *, model=None, layers=None, feature: 
     source_dim = loaded.feature_width(feature)
     layer_dim = project or source_dim
     if quant == "bit" and layer_dim % 8:
-        raise InputError(f"--quant bit needs a per-layer width that is a multiple of 8, got {layer_dim}")
+        raise InputError(f"bit needs a per-layer width that is a multiple of 8, got {layer_dim}", param="quant")
     n_slots = len(spec.layers)
     store_obj = FeatureStore.open_for_write(
         store, model={"id": loaded.model_id, "weights_sha256": loaded.weights_sha256,

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from mads_fast.errors import BackendUnavailableError, InputError
+from mads_fast.options import POOLS
 from mads_fast.quant import QUANTS, dequantize, out_width  # noqa: F401  (dequantize: re-exported for callers)
 
-POOLS = ("mean", "max", "last", "active")
 BACKENDS = ("auto", "triton", "torch")
 
 _OUT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.int8, "bit": torch.uint8}
@@ -193,7 +193,7 @@ def _triton_importable() -> bool:
 
 def _check_choice(value, choices, name):
     if value not in choices:
-        raise InputError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
+        raise InputError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}", param=name)
 
 
 def _check_hidden(hidden, lengths):

@@ -27,7 +27,7 @@ SCALED = ("int8", "bit")  # the quants whose rows carry real scales
 
 def check_quant(quant: str) -> None:
     if quant not in QUANTS:
-        raise InputError(f"unknown quant {quant!r}; expected one of {', '.join(QUANTS)}")
+        raise InputError(f"unknown quant {quant!r}; expected one of {', '.join(QUANTS)}", param="quant")
 
 
 def out_width(dim: int, quant: str) -> int:

@@ -117,11 +117,13 @@ def test_matching_store_is_reused_without_loading_the_model(tiny_model_dir, alpa
 
 
 def test_bad_options_are_input_errors(tiny, alpaca40, tmp_path):
-    for kwargs, match in [(dict(pool="median"), "--pool"), (dict(quant="int4"), "--quant"),
-                          (dict(max_length=0), "--max-length"), (dict(project=-3), "--project"),
-                          (dict(layers="9"), "--layers")]:
-        with pytest.raises(InputError, match=match):
+    # each error names the Python parameter (the CLI writes it as the flag: --max-length)
+    for kwargs, param in [(dict(pool="median"), "pool"), (dict(quant="int4"), "quant"),
+                          (dict(max_length=0), "max_length"), (dict(project=-3), "project"),
+                          (dict(layers="9"), "layers")]:
+        with pytest.raises(InputError, match=f"^{param}: ") as info:
             extract(alpaca40, tmp_path / "x", model=tiny, progress=False, **kwargs)
+        assert info.value.param == param
     assert not (tmp_path / "x").exists()
 
 

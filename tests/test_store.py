@@ -202,7 +202,7 @@ def test_normalised_rows_are_unit_and_centred(tmp_path, dtype, normalize):
 
 def test_unknown_normalize_is_an_input_error(tmp_path):
     build(tmp_path / "s", "float32")
-    with pytest.raises(InputError, match="--normalize"):
+    with pytest.raises(InputError, match="^normalize: "):
         load_features(tmp_path / "s", raw=False, normalize="whiten")
 
 
@@ -294,7 +294,8 @@ def test_manifest_mismatch_names_the_key(tmp_path, key, change, complete):
     with pytest.raises(InputError) as info:
         open_store(tmp_path / "s", "int8", **change)
     message = str(info.value)
-    assert f"{key} is" in message and "another --store" in message and "\n" not in message
+    assert f"{key} is" in message and "another store" in message and "\n" not in message
+    assert info.value.param == "store"  # the CLI writes it as --store
 
 
 def test_offset_is_kept_and_cannot_change_under_shards(tmp_path):

@@ -81,7 +81,7 @@ def resolve(backend: str, X=None) -> str:
     """The backend to run: ``backend`` itself when it loads (else BackendUnavailableError), or for
     "auto" the fastest that loads, cuda only when ``X`` is on a GPU or large (see the module doc)."""
     if not isinstance(backend, str) or backend not in BACKENDS + ("auto",):
-        raise InputError(f"backend={backend!r} is not one of 'auto', 'numpy', 'cpp', 'cuda'")
+        raise InputError(f"backend={backend!r} is not one of 'auto', 'numpy', 'cpp', 'cuda'", param="backend")
     if backend == "numpy":
         return "numpy"
     if backend != "auto":

@@ -89,9 +89,10 @@ class Manifest:
         store_dir = Path(store_dir)
         path = store_dir / MANIFEST
         if not store_dir.is_dir():
-            raise InputError("feature store directory does not exist", path=store_dir)
+            raise InputError("feature store directory does not exist", path=store_dir, param="store")
         if not path.is_file():
-            raise InputError("missing manifest: not a feature store, or its creation was interrupted", path=path)
+            raise InputError("missing manifest: not a feature store, or its creation was interrupted", path=path,
+                             param="store")
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -190,7 +191,7 @@ def _validate(manifest, path) -> None:
         raise InputError(f"not a feature store manifest (format is not {FORMAT!r})", path=path)
     if manifest.get("version") != FORMAT_VERSION:
         raise InputError(f"store format version {manifest.get('version')!r}, this reader understands "
-                         f"{FORMAT_VERSION}; re-extract into a new --store", path=path)
+                         f"{FORMAT_VERSION}; re-extract into a new store", path=path)
     required = {"model": dict, "feature_spec": dict, "dataset": dict, "dim": int, "width": int, "dtype": str,
                 "n_scales": int, "shard_size": int, "n_shards": int, "complete": bool}
     for key, kind in required.items():

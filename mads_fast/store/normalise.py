@@ -13,21 +13,20 @@ from typing import Optional
 import numpy as np
 
 from mads_fast.errors import InputError
+from mads_fast.options import NORMALIZE, SOLVER_DTYPES
 
-NORMALIZE = ("standardize", "center")
-SOLVER_DTYPES = ("int8", "float32")
 # Solver input is built in blocks of about this many float32 bytes: 64 MiB is 4096 rows at D=4096.
 _BLOCK_BYTES = 64 << 20
 
 
 def check_normalize(normalize: str) -> None:
     if normalize not in NORMALIZE:
-        raise InputError(f"--normalize: unknown value {normalize!r} (choose from {', '.join(NORMALIZE)})")
+        raise InputError(f"unknown value {normalize!r} (choose from {', '.join(NORMALIZE)})", param="normalize")
 
 
 def check_solver_dtype(dtype: str) -> None:
     if dtype not in SOLVER_DTYPES:
-        raise InputError(f"solver input dtype must be one of {', '.join(SOLVER_DTYPES)}, got {dtype!r}")
+        raise InputError(f"solver input dtype must be one of {', '.join(SOLVER_DTYPES)}, got {dtype!r}", param="dtype")
 
 
 def std_floor(std: np.ndarray) -> np.ndarray:

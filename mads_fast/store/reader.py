@@ -48,7 +48,7 @@ class FeatureReader:
         if not manifest.complete:
             done = len(done_shards(self.path, self.n_shards))
             raise InputError(f"store {self.path} is incomplete: {done} of {self.n_shards} shards; "
-                             f"rerun extract to resume")
+                             f"rerun extract to resume", param="store")
         self._features = []  # per shard, memory-mapped [n_s, width]
         self._scales = []    # per shard, memory-mapped [n_s, n_scales] or None
         for shard in range(self.n_shards):

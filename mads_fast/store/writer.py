@@ -53,13 +53,14 @@ class FeatureStore:
         if not (store_dir / MANIFEST).exists():
             try:
                 cls._create(store_dir, wanted)
-            except (PermissionError, NotADirectoryError, FileExistsError) as exc:  # a bad --store, not a crash
-                raise InputError(f"cannot create the feature store: {exc.strerror}", path=store_dir) from None
+            except (PermissionError, NotADirectoryError, FileExistsError) as exc:  # a bad store path, not a crash
+                raise InputError(f"cannot create the feature store: {exc.strerror}", path=store_dir,
+                                 param="store") from None
         manifest = Manifest.read(store_dir)
         difference = manifest.first_difference(wanted)
         if difference:
-            raise InputError(f"store was made for a different request: {difference}; pass another --store or "
-                             f"delete {store_dir}", path=store_dir / MANIFEST)
+            raise InputError(f"store was made for a different request: {difference}; pass another store or "
+                             f"delete {store_dir}", path=store_dir / MANIFEST, param="store")
         store = cls(store_dir, manifest)
         if not store.complete:
             # Leftovers of an interrupted write; shards without a done marker will be rewritten whole.
@@ -73,10 +74,10 @@ class FeatureStore:
         parent.mkdir(parents=True, exist_ok=True)
         if store_dir.exists():
             if not store_dir.is_dir():
-                raise InputError("exists and is not a directory; pass another --store", path=store_dir)
+                raise InputError("exists and is not a directory; pass another store", path=store_dir, param="store")
             if any(not name.startswith(TMP_PREFIX) for name in os.listdir(store_dir)):
                 raise InputError("directory exists, is not empty and has no manifest.json: not a feature store; "
-                                 "pass another --store or delete it", path=store_dir)
+                                 "pass another store or delete it", path=store_dir, param="store")
             remove_stale_temps(store_dir)
         # A creation killed before its rename leaves a staging folder beside the store: remove only those
         # (named after this store, writer gone), never anything else in a folder the user owns.
