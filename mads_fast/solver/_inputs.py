@@ -5,12 +5,11 @@ never a traceback from C++.
 """
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 
 from mads_fast.errors import InputError
-from mads_fast.options import resolve_budget  # noqa: F401  (the one budget rule, re-exported for the solvers)
+from mads_fast.options import check_choice, check_positive_int, resolve_budget  # noqa: F401  (one rule each)
 
 _FLOAT_KINDS = "f"
 _INT_KINDS = "iu"
@@ -69,15 +68,3 @@ def as_features(X) -> np.ndarray:
             raise InputError(f"X overflows float32 (first in row {bad}); rescale the features")
         return out
     return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def check_choice(name: str, value, allowed) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise InputError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}", param=name)
-    return value
-
-
-def check_int(name: str, value, low: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or int(value) < low:
-        raise InputError(f"{name}={value!r} must be an int >= {low}", param=name)
-    return int(value)
