@@ -129,7 +129,7 @@ class BuildExt(build_ext):
 
 
 setup(
-    packages=["mads_fast", "mads_fast.solver", "mads_fast.kernels"],
+    packages=["mads_fast", "mads_fast.solver", "mads_fast.store", "mads_fast.kernels"],
     package_dir={"mads_fast.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExt},

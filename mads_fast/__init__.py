@@ -2,8 +2,10 @@
 
 Data flow, one module each: ``data`` (records in/out) -> ``tokens`` (render, truncate, batch) ->
 ``model`` + ``extract`` (early-exit activation capture, fused pool/quantise) -> ``store`` (sharded
-feature store) -> ``solver`` (facility-location lazy greedy) -> ``report``. ``pipeline.select`` runs
-all of it; ``cli`` is a thin shell over the same API.
+feature store; ``store.normalise`` builds the solver input) -> ``solver`` (facility-location lazy greedy)
+-> ``report``. ``pipeline.select`` runs all of it, ``pipeline.solve`` the part after the store; ``cli``
+is a thin shell over the same API. Shared by every stage: ``options`` (the choices and the budget),
+``quant`` (the feature formats and ``dequantize``), ``atomic`` (every file write), ``errors``.
 
 Nothing heavy (torch, native modules) is imported here: attributes load on first use.
 """
@@ -23,6 +25,7 @@ _LAZY = {
     "extract": "mads_fast.extract",
     "FeatureSpec": "mads_fast.extract",
     "select": "mads_fast.pipeline",
+    "solve": "mads_fast.pipeline",
     "SelectionResult": "mads_fast.pipeline",
     "InputError": "mads_fast.errors",
     "BackendUnavailableError": "mads_fast.errors",

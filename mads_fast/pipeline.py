@@ -4,6 +4,8 @@
 >>> result = select("data.jsonl", budget=0.15, out="core.jsonl", report="report/")   # doctest: +SKIP
 >>> result.indices[:5], result.gains[:5], len(result.records())                       # doctest: +SKIP
 
+``solve`` is the same from an existing feature store (``mads-fast solve``).
+
 Outputs are written atomically: the core set (the input's own format, records untouched, in pick
 order), optionally an indices file (ids, gains, weights) and a report directory.
 """
@@ -11,37 +13,48 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import InputError
+from .options import (BACKENDS, MODES, NORMALIZE, OBJECTIVES, OPTIMIZERS, SOLVER_DTYPES, check_choice,
+                      check_positive_int, parse_budget, resolve_budget)
 
 log = logging.getLogger("mads_fast")
-
-OBJECTIVES = ("facility", "kcenter")
 
 
 @dataclass
 class SelectionResult:
-    """What a selection produced. Arrays are in pick order unless named per-example."""
+    """What a selection produced. Arrays are in pick order unless named per-example.
+
+    ``objective_name`` says which per-pick array is set: facility location fills ``gains`` (the marginal
+    gain of each pick), k-center fills ``radii`` (the coverage radius, max distance to the nearest pick,
+    after each pick); the other is None. ``curve`` is the objective after each pick either way.
+    """
     indices: np.ndarray            # int64 [k] positions in the input, pick order
     ids: list                      # stable record ids of the picks
-    gains: np.ndarray              # float64 [k] marginal gain of each pick (k-center: radius after each pick)
     weights: np.ndarray            # int64 [k] examples whose nearest pick is this one (sums to N)
-    curve: np.ndarray              # float64 [k] objective after each pick
-    objective: float
+    curve: np.ndarray              # float64 [k] objective after each pick: f(S) (facility) or the radius (k-center)
+    objective: float               # the final objective: f(S) (facility) or the radius (k-center)
     nearest: np.ndarray            # int64 [N] per example: position of its nearest pick
     nearest_similarity: np.ndarray # float32 [N]
-    knee: int                      # suggested budget (picks) from the gain curve's knee
+    knee: int                      # suggested budget (picks): the knee of the gain or radius curve
+    objective_name: str = "facility"
+    gains: Optional[np.ndarray] = None  # float64 [k] facility: marginal gain of each pick
+    radii: Optional[np.ndarray] = None  # float64 [k] k-center: coverage radius after each pick
     record_set: object = field(repr=False, default=None)
     report: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+
+    @property
+    def per_pick(self) -> np.ndarray:
+        """The objective's own per-pick array: ``gains`` (facility) or ``radii`` (k-center)."""
+        return self.gains if self.objective_name == "facility" else self.radii
 
     def records(self) -> list:
         """The core set as a list of the original records, in pick order."""
@@ -57,132 +70,139 @@ class SelectionResult:
         return Dataset.from_list(self.records())
 
 
-def parse_budget(value) -> Union[int, float]:
-    """'0.15' -> 0.15 (a fraction of N), '7800' -> 7800 (a count); anything else is an InputError."""
-    if isinstance(value, bool):
-        raise InputError(f"--budget: expected a fraction in (0, 1] or a positive count, got {value!r}")
-    if isinstance(value, (int, np.integer)):
-        count = int(value)
-        if count < 1:
-            raise InputError(f"--budget: a count must be >= 1, got {count}")
-        return count
-    if isinstance(value, float):
-        fraction = value
-    else:
-        text = str(value).strip()
-        try:
-            return parse_budget(int(text))
-        except ValueError:
-            pass
-        try:
-            fraction = float(text)
-        except ValueError:
-            raise InputError(f"--budget: {text!r} is not a number (use a fraction like 0.15 or a count "
-                             "like 7800)") from None
-    if not np.isfinite(fraction) or not 0.0 < fraction <= 1.0:
-        raise InputError(f"--budget: a fraction must lie in (0, 1], got {value!r}")
-    return float(fraction)
-
-
-def resolve_budget(budget, n: int) -> int:
-    b = parse_budget(budget)
-    k = max(1, int(round(b * n))) if isinstance(b, float) else b
-    if k > n:
-        raise InputError(f"--budget: {k:,} picks asked for but the data has only {n:,} records")
-    return k
-
-
 def default_store(data_path, out) -> Path:
-    """Where features go when no --store is given: beside the output, named after the data."""
+    """Where features go when no store is given: beside the output, named after the data."""
     base = Path(out).parent if out else Path(".")
     return base / f"{Path(str(data_path)).name}.features"
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_indices(path, result: SelectionResult) -> None:
-    """JSONL, one line per pick: rank, position, id, gain, weight."""
-    lines = [json.dumps({"rank": r, "index": int(i), "id": result.ids[r], "gain": float(result.gains[r]),
+    """JSONL, one line per pick: rank, position, id, gain (facility) or radius (k-center), weight."""
+    name = "gain" if result.objective_name == "facility" else "radius"
+    lines = [json.dumps({"rank": r, "index": int(i), "id": result.ids[r], name: float(result.per_pick[r]),
                          "weight": int(result.weights[r])})
              for r, i in enumerate(result.indices)]
-    _atomic_text(Path(path), "\n".join(lines) + "\n")
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(data))
 
 
-def solve_store(store, budget, *, objective="facility", backend="auto", mode="dense", optimizer="lazy",
-                n_neighbors=64, solver_dtype="int8", normalize="standardize", random_state=0, progress=False):
-    """Solve over the centred, normalised features of a complete store.
+def _check_solve_options(objective, backend, mode, optimizer, n_neighbors, solver_dtype, normalize) -> None:
+    for param, value, choices in (("objective", objective, OBJECTIVES), ("backend", backend, BACKENDS),
+                                  ("mode", mode, MODES), ("optimizer", optimizer, OPTIMIZERS),
+                                  ("solver_dtype", solver_dtype, SOLVER_DTYPES), ("normalize", normalize, NORMALIZE)):
+        check_choice(param, value, choices)
+    check_positive_int("n_neighbors", n_neighbors)
 
-    Returns (solver, ids, solver input, timings)."""
+
+def _result(solver, ids, objective: str, record_set) -> SelectionResult:
+    """The solver's attributes as a SelectionResult, the knee computed here and only here."""
+    from .report import knee_of
+
+    ranking = np.asarray(solver.ranking_, dtype=np.int64)
+    common = dict(indices=ranking, ids=[str(ids[i]) for i in ranking],
+                  weights=np.asarray(solver.weights_, dtype=np.int64),
+                  nearest=np.asarray(solver.nearest_, dtype=np.int64),
+                  nearest_similarity=np.asarray(solver.nearest_similarity_, dtype=np.float32),
+                  objective_name=objective, record_set=record_set)
+    if objective == "facility":
+        gains = np.asarray(solver.gains_, dtype=np.float64)
+        return SelectionResult(gains=gains, curve=np.asarray(solver.curve_, dtype=np.float64),
+                               objective=float(solver.objective_), knee=knee_of(objective, gains), **common)
+    radii = np.asarray(solver.radii_, dtype=np.float64)
+    return SelectionResult(radii=radii, curve=radii, objective=float(radii[-1]), knee=knee_of(objective, radii),
+                           **common)
+
+
+def solve(store, budget, *, objective: str = "facility", backend: str = "auto", mode: str = "dense",
+          optimizer: str = "lazy", n_neighbors: int = 64, solver_dtype: str = "int8",
+          normalize: str = "standardize", random_state: int = 0, record_set=None, out=None, indices_out=None,
+          report=None, extraction: Optional[dict] = None, timings: Optional[dict] = None,
+          progress: bool = False) -> SelectionResult:
+    """Select from a complete feature store and write the outputs: what ``select`` does once its features
+    exist, and all that ``mads-fast solve`` does.
+
+    ``record_set`` (the records the store was made from) is needed to write the core set (``out``) and is
+    checked against the store's ids; ``extraction`` (an ``ExtractStats.to_dict()``) goes into the report;
+    ``timings`` are carried into the result's (read, extract, ...).
+    """
+    from .data import write_records
     from .solver import FacilityLocation, KCenter
-    from .store import FeatureReader, load_solver_input
+    from .store import FeatureReader, build_solver_input
 
-    if objective not in OBJECTIVES:
-        raise InputError(f"--objective: unknown objective {objective!r} (choose from {', '.join(OBJECTIVES)})")
+    _check_solve_options(objective, backend, mode, optimizer, n_neighbors, solver_dtype, normalize)
+    budget = parse_budget(budget)
+    if out is not None and record_set is None:
+        raise InputError("writing the core set needs the records the store was made from (record_set)",
+                         param="out")
+    timings = dict(timings or {})
     reader = FeatureReader(store)
     ids = reader.ids
-    n = len(ids)
-    k = resolve_budget(budget, n)
+    k = resolve_budget(budget, len(ids))
+    if record_set is not None and list(map(str, ids)) != list(record_set.ids):
+        raise InputError("the store's record ids do not match the data (another file, or it changed since the "
+                         "extraction); delete the store or pass another one", path=store, param="store")
     t0 = time.perf_counter()
-    x = load_solver_input(store, dtype=solver_dtype, normalize=normalize)
-    t_load = time.perf_counter() - t0
+    x = build_solver_input(reader, dtype=solver_dtype, normalize=normalize)
+    timings["load_solver_input"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if objective == "facility":
         solver = FacilityLocation(budget=k, backend=backend, mode=mode, optimizer=optimizer,
                                   n_neighbors=n_neighbors, random_state=random_state, verbose=progress).fit(x)
     else:
         solver = KCenter(budget=k, backend=backend).fit(x)
-    return solver, ids, x, {"load_solver_input": t_load, "solve": time.perf_counter() - t0}
+    timings["solve"] = time.perf_counter() - t0
+    result = _result(solver, ids, objective, record_set)
+    result.timings = timings
+    if out is not None:
+        t0 = time.perf_counter()
+        write_records(record_set, result.indices, out)
+        timings["write"] = time.perf_counter() - t0
+    if indices_out is not None:
+        write_indices(indices_out, result)
+    if report is not None:
+        t0 = time.perf_counter()
+        settings = {}
+        if record_set is not None:
+            settings.update(data=str(record_set.path), detected=record_set.describe())
+        settings.update(objective=objective, backend=getattr(solver, "backend_", backend), mode=mode,
+                        optimizer=optimizer, solver_dtype=solver_dtype, normalize=normalize)
+        if extraction is not None:
+            settings["extraction"] = extraction
+        settings["suggested_budget"] = result.knee
+        result.report = build_report(report, result, reader, x, settings)
+        timings["report"] = time.perf_counter() - t0
+    return result
 
 
-def result_from_solver(solver, ids, objective: str, record_set=None) -> SelectionResult:
-    from .report import knee_index
-
-    ranking = np.asarray(solver.ranking_, dtype=np.int64)
-    if objective == "facility":
-        gains = np.asarray(solver.gains_, dtype=np.float64)
-        curve = np.asarray(solver.curve_, dtype=np.float64)
-        value = float(solver.objective_)
-    else:
-        gains = np.asarray(solver.radii_, dtype=np.float64)
-        curve = gains
-        value = float(gains[-1])
-    return SelectionResult(indices=ranking, ids=[str(ids[i]) for i in ranking], gains=gains,
-                           weights=np.asarray(solver.weights_, dtype=np.int64), curve=curve, objective=value,
-                           nearest=np.asarray(solver.nearest_, dtype=np.int64),
-                           nearest_similarity=np.asarray(solver.nearest_similarity_, dtype=np.float32),
-                           knee=knee_index(gains) + 1 if objective == "facility" else len(ranking),
-                           record_set=record_set)
+REPORT_SAMPLE = 4096  # rows whose pair similarities the report shows
 
 
-def build_report(report_dir, result: SelectionResult, store, solver_input, settings: dict) -> dict:
+def build_report(report_dir, result: SelectionResult, reader, solver_input, settings: dict) -> dict:
+    """report.json and plots for ``result``; the similarity sample reads only its REPORT_SAMPLE rows of the
+    store (``reader``: a FeatureReader or a store path)."""
     from .report import sample_pair_similarities, write_report
     from .store import FeatureReader
 
-    reader = FeatureReader(store)
+    if not isinstance(reader, FeatureReader):
+        reader = FeatureReader(reader)
     n = len(result.nearest)
     rng = np.random.default_rng(0)
-    rows = np.sort(rng.choice(n, size=min(n, 4096), replace=False))
-    raw = np.concatenate([block for _, block in reader.iter_blocks(raw=True)])[rows] if n <= 200_000 else None
-    raw_sims = sample_pair_similarities(raw) if raw is not None else None
+    rows = np.sort(rng.choice(n, size=min(n, REPORT_SAMPLE), replace=False))
+    raw_sims = sample_pair_similarities(reader.rows(rows))
     solver_sims = sample_pair_similarities(np.asarray(solver_input[rows], dtype=np.float32))
     summary = dict(settings)
-    summary.update(n_examples=n, budget=len(result.indices), objective_value=result.objective,
-                   mean_coverage=result.objective / n if n else 0.0, timings=result.timings,
-                   store=str(store), model=reader.manifest.get("model"),
+    summary.update(n_examples=n, budget=len(result.indices), objective_value=result.objective)
+    if result.objective_name == "facility":
+        summary["mean_coverage"] = result.objective / n if n else 0.0
+    else:
+        summary["radius"] = result.objective
+    summary.update(timings=result.timings, store=str(reader.path), model=reader.manifest.get("model"),
                    feature_spec=reader.manifest.get("feature_spec"))
-    return write_report(report_dir, summary, gains=result.gains, nearest_similarity=result.nearest_similarity,
-                        raw_sims=raw_sims, solver_sims=solver_sims, budget=len(result.indices))
+    return write_report(report_dir, summary, objective=result.objective_name, per_pick=result.per_pick,
+                        knee=result.knee, nearest_similarity=result.nearest_similarity, raw_sims=raw_sims,
+                        solver_sims=solver_sims, budget=len(result.indices))
 
 
 def select(data, budget=0.15, *, out=None, store=None, report=None, indices_out=None, model=None,
@@ -195,12 +215,13 @@ def select(data, budget=0.15, *, out=None, store=None, report=None, indices_out=
     ``budget``: a fraction of N (0.15) or a count (7800). ``store``: the feature store directory (default:
     ``<data name>.features`` beside ``out``); a matching store is reused, so trying several budgets costs
     one extraction. ``extract_options`` go to :func:`mads_fast.extract.extract` (layers, feature, pool,
-    project, quant, max_length, tokens_per_batch, shard_size, template, device).
+    project, quant, max_length, tokens_per_batch, shard_size, template, device). The rest is :func:`solve`.
     """
-    from .data import RecordSet, read_records, write_records
+    from .data import RecordSet, read_records
     from .extract import extract
 
-    parse_budget(budget)  # fail on a bad budget before any expensive work
+    budget = parse_budget(budget)  # fail on a bad budget or option before any expensive work
+    _check_solve_options(objective, backend, mode, optimizer, n_neighbors, solver_dtype, normalize)
     timings = {}
     t0 = time.perf_counter()
     rs = data if isinstance(data, RecordSet) else read_records(data, text_field=text_field, lenient=lenient,
@@ -210,28 +231,7 @@ def select(data, budget=0.15, *, out=None, store=None, report=None, indices_out=
     store = Path(store) if store is not None else default_store(rs.path, out)
     stats = extract(rs, store, model=model, progress=progress, **extract_options)
     timings["extract"] = stats.seconds
-    solver, ids, x, solve_times = solve_store(store, budget, objective=objective, backend=backend, mode=mode,
-                                              optimizer=optimizer, n_neighbors=n_neighbors,
-                                              solver_dtype=solver_dtype, normalize=normalize,
-                                              progress=progress)
-    timings.update(solve_times)
-    if list(map(str, ids)) != list(rs.ids):
-        raise InputError("the store's record ids do not match the data (was the file changed?); "
-                         "delete the store or pass another --store", path=store)
-    result = result_from_solver(solver, ids, objective, record_set=rs)
-    result.timings = timings
-    if out is not None:
-        t0 = time.perf_counter()
-        write_records(rs, result.indices, out)
-        timings["write"] = time.perf_counter() - t0
-    if indices_out is not None:
-        write_indices(indices_out, result)
-    if report is not None:
-        t0 = time.perf_counter()
-        settings = {"data": str(rs.path), "detected": rs.describe(), "objective": objective,
-                    "backend": getattr(solver, "backend_", backend), "mode": mode, "optimizer": optimizer,
-                    "solver_dtype": solver_dtype, "normalize": normalize, "extraction": stats.to_dict(),
-                    "suggested_budget": result.knee}
-        result.report = build_report(report, result, store, x, settings)
-        timings["report"] = time.perf_counter() - t0
-    return result
+    return solve(store, budget, objective=objective, backend=backend, mode=mode, optimizer=optimizer,
+                 n_neighbors=n_neighbors, solver_dtype=solver_dtype, normalize=normalize, record_set=rs, out=out,
+                 indices_out=indices_out, report=report, extraction=stats.to_dict(), timings=timings,
+                 progress=progress)

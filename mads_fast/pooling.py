@@ -26,20 +26,14 @@ import numpy as np
 import torch
 
 from mads_fast.errors import BackendUnavailableError, InputError
+from mads_fast.options import POOLS
+from mads_fast.quant import QUANTS, dequantize, out_width  # noqa: F401  (dequantize: re-exported for callers)
 
-POOLS = ("mean", "max", "last", "active")
-QUANTS = ("fp32", "fp16", "int8", "bit")
 BACKENDS = ("auto", "triton", "torch")
 
 _OUT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.int8, "bit": torch.uint8}
 _FLOAT_INPUTS = (torch.float32, torch.float16, torch.bfloat16)
 _INT8_MAX = 127.0
-
-
-def out_width(dim: int, quant: str) -> int:
-    """Columns of the quantised output for a ``dim``-wide feature: ``dim``, or ``ceil(dim / 8)`` bytes for bit."""
-    _check_choice(quant, QUANTS, "quant")
-    return (dim + 7) // 8 if quant == "bit" else dim
 
 
 def out_dtype(quant: str) -> torch.dtype:
@@ -116,23 +110,6 @@ def quantize_reference(values: torch.Tensor, quant: str) -> Tuple[torch.Tensor, 
         return packed.to(torch.uint8), scale
     _check_choice(quant, QUANTS, "quant")
     raise AssertionError("unreachable")
-
-
-def dequantize(q, scale, quant: str, dim: int):
-    """Float32 rows ``[B, dim]`` from ``(q [B, W], scale [B])``; NumPy in gives NumPy out, torch gives torch."""
-    _check_choice(quant, QUANTS, "quant")
-    if isinstance(q, np.ndarray):
-        s = np.asarray(scale, dtype=np.float32)[:, None]  # [B, 1]
-        if quant == "bit":
-            bits = np.unpackbits(np.asarray(q, dtype=np.uint8), axis=1, bitorder="little")[:, :dim]  # [B, D]
-            return np.where(bits.astype(bool), s, -s).astype(np.float32)
-        return np.asarray(q, dtype=np.float32)[:, :dim] * s
-    s = scale.to(torch.float32)[:, None]  # [B, 1]
-    if quant == "bit":
-        shifts = torch.arange(8, dtype=torch.uint8, device=q.device)  # [8]
-        bits = ((q.to(torch.uint8)[:, :, None] >> shifts) & 1).reshape(q.shape[0], -1)[:, :dim]  # [B, D]
-        return torch.where(bits.bool(), s, -s)
-    return q.to(torch.float32)[:, :dim] * s
 
 
 @torch.no_grad()  # features are never differentiated; a hook may see tensors that require grad
@@ -216,7 +193,7 @@ def _triton_importable() -> bool:
 
 def _check_choice(value, choices, name):
     if value not in choices:
-        raise InputError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
+        raise InputError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}", param=name)
 
 
 def _check_hidden(hidden, lengths):

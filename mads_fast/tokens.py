@@ -19,12 +19,12 @@ import numpy as np
 
 from mads_fast.data import RecordSet
 from mads_fast.errors import InputError
+from mads_fast.options import TEMPLATES
 
 __all__ = ["TEMPLATES", "render", "TokenizedSet", "tokenize", "Batch", "plan_batches", "collate"]
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = ("chat", "alpaca", "none")
 
 # Tokenizers already warned about a missing chat template (once each, not once per record).
 _warned = weakref.WeakSet()
@@ -56,7 +56,7 @@ def render(rs: RecordSet, i: int, tokenizer, template: str = "chat") -> str:
     ``none``: ``rs.text(i)`` exactly; the tokenizer adds only its own special tokens.
     """
     if template not in TEMPLATES:
-        raise InputError(f"unknown template '{template}': choose one of {', '.join(TEMPLATES)}")
+        raise InputError(f"unknown template '{template}': choose one of {', '.join(TEMPLATES)}", param="template")
     if template == "none":
         return rs.text(i)
     if template == "chat":

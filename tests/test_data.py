@@ -229,7 +229,7 @@ def test_bad_input_is_one_line_error_naming_file_and_place(tmp_path, name, data,
 
 def test_unknown_schema_suggests_text_field(tmp_path):
     p = _write(tmp_path / "t.jsonl", b'{"text": "hello", "n": 1}\n')
-    with pytest.raises(InputError, match=r"--text-field NAME \(string fields: text\)"):
+    with pytest.raises(InputError, match=r"text_field=NAME \(--text-field; string fields: text\)"):
         read_records(p)
     assert read_records(p, text_field="text").text(0) == "hello"
 

@@ -15,7 +15,7 @@ from mads_fast.data import read_records
 from mads_fast.errors import InputError
 from mads_fast.extract import extract
 from mads_fast.model import load_model
-from mads_fast.store import FeatureReader, load_features
+from mads_fast.store import FeatureReader, load_features, load_offset
 from mads_fast.tokens import render, tokenize
 
 
@@ -86,12 +86,24 @@ def test_int8_around_offset_keeps_direction(tiny, alpaca40, tmp_path):
 
 
 def test_multi_layer_projection_bit(tiny, alpaca40, tmp_path):
-    extract(alpaca40, tmp_path / "s", model=tiny, layers="1,3", feature="mlp", pool="mean", project=16,
-            quant="bit", max_length=64, progress=False)
+    options = dict(model=tiny, layers="1,3", feature="mlp", pool="mean", project=16, max_length=64, progress=False)
+    extract(alpaca40, tmp_path / "s", quant="bit", **options)
+    extract(alpaca40, tmp_path / "f32", quant="fp32", **options)  # the same features, unquantised
     reader = FeatureReader(tmp_path / "s")
     assert reader.manifest["dim"] == 32 and reader.manifest["width"] == 4 and reader.manifest["n_scales"] == 2
     _, raw = load_features(tmp_path / "s", raw=True)
     assert raw.shape == (40, 32) and np.isfinite(raw).all()
+    # Each stored bit is the sign of (feature - offset), and each layer's 16 dimensions come back as +-(mean
+    # |feature - offset| over those 16): checked against the fp32 extraction, so all-zero bits or scales fail.
+    offset = load_offset(tmp_path / "s")
+    v = load_features(tmp_path / "f32", raw=True)[1].astype(np.float64) - offset  # [40, 32]
+    scale = np.abs(v).reshape(40, 2, 16).mean(axis=2)  # [40, 2] per row and layer
+    got = (raw.astype(np.float64) - offset).reshape(40, 2, 16)
+    clear = np.abs(v.reshape(40, 2, 16)) > 1e-4 * scale[:, :, None]  # signs that float noise cannot flip
+    assert clear.mean() > 0.99
+    np.testing.assert_array_equal(np.sign(got)[clear], np.sign(v.reshape(40, 2, 16))[clear])
+    np.testing.assert_allclose(np.abs(got), np.broadcast_to(scale[:, :, None], got.shape), rtol=1e-4, atol=1e-6)
+    assert (v > 0).mean() > 0.2 and (v < 0).mean() > 0.2  # both signs occur: a constant bit would fail
 
 
 def test_store_reused_and_mismatch_is_an_error(tiny, alpaca40, tmp_path):
@@ -105,12 +117,25 @@ def test_store_reused_and_mismatch_is_an_error(tiny, alpaca40, tmp_path):
         extract(alpaca40, store, model=tiny, layers="1", quant="fp16", max_length=64, progress=False)
 
 
+def test_matching_store_is_reused_without_loading_the_model(tiny_model_dir, alpaca40, tmp_path):
+    # Given a model directory (not a loaded model), the store is asked whether it matches before the model loads.
+    store = tmp_path / "store"
+    first = extract(alpaca40, store, model=tiny_model_dir, layers="2", quant="int8", max_length=64, progress=False)
+    assert not first.reused and first.model_seconds > 0
+    again = extract(alpaca40, store, model=tiny_model_dir, layers="2", quant="int8", max_length=64, progress=False)
+    assert again.reused and again.model_seconds == 0 and again.n_shards_written == 0
+    with pytest.raises(InputError, match="feature_spec.quant"):
+        extract(alpaca40, store, model=tiny_model_dir, layers="2", quant="fp16", max_length=64, progress=False)
+
+
 def test_bad_options_are_input_errors(tiny, alpaca40, tmp_path):
-    for kwargs, match in [(dict(pool="median"), "--pool"), (dict(quant="int4"), "--quant"),
-                          (dict(max_length=0), "--max-length"), (dict(project=-3), "--project"),
-                          (dict(layers="9"), "--layers")]:
-        with pytest.raises(InputError, match=match):
+    # each error names the Python parameter (the CLI writes it as the flag: --max-length)
+    for kwargs, param in [(dict(pool="median"), "pool"), (dict(quant="int4"), "quant"),
+                          (dict(max_length=0), "max_length"), (dict(project=-3), "project"),
+                          (dict(layers="9"), "layers")]:
+        with pytest.raises(InputError, match=f"^{param}: ") as info:
             extract(alpaca40, tmp_path / "x", model=tiny, progress=False, **kwargs)
+        assert info.value.param == param
     assert not (tmp_path / "x").exists()
 
 

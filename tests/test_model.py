@@ -19,7 +19,7 @@ def test_resolve_layers(spec, expected):
 
 @pytest.mark.parametrize("spec", ["30", "-31", "1.5", "-0.2", "abc", "10,x", True])
 def test_resolve_layers_rejects(spec):
-    with pytest.raises(InputError, match="--layers"):
+    with pytest.raises(InputError, match="^layers: "):
         resolve_layers(spec, 30)
 
 
@@ -93,7 +93,7 @@ def test_mlp_capture_is_down_proj_input(tiny):
 
 
 def test_capture_rejects_unknown_source(tiny):
-    with pytest.raises(InputError, match="--feature"):
+    with pytest.raises(InputError, match="^feature: "):
         ActivationCapture(tiny, [0], "attention", lambda s, h: None)
 
 

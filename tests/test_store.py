@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mads_fast import store as store_mod
+from mads_fast import atomic
 from mads_fast.errors import InputError
-from mads_fast.store import FeatureReader, FeatureStore, load_features, load_solver_input
+from mads_fast.store import FeatureReader, FeatureStore, Manifest, load_features, load_offset, load_solver_input
+from mads_fast.store import normalise as normalise_mod
+from mads_fast.store import writer as writer_mod
 
 MODEL = {"id": "HuggingFaceTB/SmolLM2-135M-Instruct", "weights_sha256": "ab" * 32}
 SPEC = {"layers": [10, 20], "source": "residual", "pool": "mean", "proj_dim": None, "proj_seed": 0,
@@ -200,7 +202,7 @@ def test_normalised_rows_are_unit_and_centred(tmp_path, dtype, normalize):
 
 def test_unknown_normalize_is_an_input_error(tmp_path):
     build(tmp_path / "s", "float32")
-    with pytest.raises(InputError, match="--normalize"):
+    with pytest.raises(InputError, match="^normalize: "):
         load_features(tmp_path / "s", raw=False, normalize="whiten")
 
 
@@ -235,9 +237,9 @@ def test_solver_input_int8_keeps_cosine(tmp_path, monkeypatch):
     np.testing.assert_allclose(f32, reference, atol=1e-5)
 
     # Blocks of 7 rows (not a divisor of the 64-row shards) must stitch to the same matrix as one block.
-    monkeypatch.setattr(store_mod, "_BLOCK_BYTES", 7 * 4 * dim)
+    monkeypatch.setattr(normalise_mod, "_BLOCK_BYTES", 7 * 4 * dim)
     q = load_solver_input(tmp_path / "s", dtype="int8", normalize="center")
-    monkeypatch.setattr(store_mod, "_BLOCK_BYTES", 1 << 30)
+    monkeypatch.setattr(normalise_mod, "_BLOCK_BYTES", 1 << 30)
     np.testing.assert_array_equal(q, load_solver_input(tmp_path / "s", dtype="int8", normalize="center"))
     assert q.dtype == np.int8 and q.shape == (n, dim)
     np.testing.assert_array_equal(np.abs(q.astype(np.int32)).max(axis=1), 127)  # full int8 range per row
@@ -292,16 +294,17 @@ def test_manifest_mismatch_names_the_key(tmp_path, key, change, complete):
     with pytest.raises(InputError) as info:
         open_store(tmp_path / "s", "int8", **change)
     message = str(info.value)
-    assert f"{key} is" in message and "another --store" in message and "\n" not in message
+    assert f"{key} is" in message and "another store" in message and "\n" not in message
+    assert info.value.param == "store"  # the CLI writes it as --store
 
 
 def test_offset_is_kept_and_cannot_change_under_shards(tmp_path):
-    assert store_mod.load_offset(tmp_path / "nothing yet") is None
+    assert load_offset(tmp_path / "nothing yet") is None
     store = open_store(tmp_path / "s", "int8")
-    assert store_mod.load_offset(tmp_path / "s") is None
+    assert load_offset(tmp_path / "s") is None
     offset = offset_for(24)
     store.write_offset(offset.astype(np.float64))  # any float input, stored as float32
-    got = store_mod.load_offset(tmp_path / "s")
+    got = load_offset(tmp_path / "s")
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, offset)
     with pytest.raises(InputError, match="24 finite floats"):
@@ -313,7 +316,7 @@ def test_offset_is_kept_and_cannot_change_under_shards(tmp_path):
     resumed.write_offset(offset)  # the same offset again (what a resumed extraction does): fine
     with pytest.raises(InputError, match="cannot change the offset"):
         resumed.write_offset(offset + 1)
-    np.testing.assert_array_equal(store_mod.load_offset(tmp_path / "s"), offset)
+    np.testing.assert_array_equal(load_offset(tmp_path / "s"), offset)
 
 
 def test_same_data_at_another_path_resumes(tmp_path):
@@ -467,13 +470,13 @@ def test_resume_after_interruption_is_byte_identical(tmp_path, dtype):
     (tmp_path / "s" / "shard-00002.features.npy").write_bytes(b"half a shard")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stray = [f".tmp~{store_mod._HOST}~{dead.pid}~0badc0de~shard-00003.features.npy", ".tmp~junk"]
+    stray = [f".tmp~{atomic.HOST}~{dead.pid}~0badc0de~shard-00003.features.npy", ".tmp~junk"]
     for name in stray:
         (tmp_path / "s" / name).write_bytes(b"partial")
 
     resumed = open_store(tmp_path / "s", dtype)
     assert resumed.done_shards == {0, 1}
-    resumed.write_offset(store_mod.load_offset(tmp_path / "s"))
+    resumed.write_offset(load_offset(tmp_path / "s"))
     assert not [p for p in os.listdir(tmp_path / "s") if p.startswith(".tmp~")]
     write_all(resumed, q, scales, ids, shards=sorted(set(range(resumed.n_shards)) - resumed.done_shards))
     resumed.finalize()
@@ -495,17 +498,17 @@ def test_a_failed_rewrite_unmarks_the_shard(tmp_path, monkeypatch):
     q, scales, ids = build(tmp_path / "clean", "int8")
     store = open_store(tmp_path / "s", "int8")
     write_all(store, q, scales, ids, shards=[0, 1])
-    real_save = store_mod._save_npy
+    real_save = writer_mod.save_npy
 
     def dies_at_scales(path, array):
         if path.name.endswith("scales.npy"):
             raise KeyboardInterrupt
         real_save(path, array)
 
-    monkeypatch.setattr(store_mod, "_save_npy", dies_at_scales)
+    monkeypatch.setattr(writer_mod, "save_npy", dies_at_scales)
     with pytest.raises(KeyboardInterrupt):
         store.write_shard(1, q[5:10] // 2, scales[5:10] * 2, ids[5:10])
-    monkeypatch.setattr(store_mod, "_save_npy", real_save)
+    monkeypatch.setattr(writer_mod, "save_npy", real_save)
     resumed = open_store(tmp_path / "s", "int8")
     assert resumed.done_shards == {0}
     write_all(resumed, q, scales, ids, shards=range(1, 5))
@@ -515,7 +518,7 @@ def test_a_failed_rewrite_unmarks_the_shard(tmp_path, monkeypatch):
 
 def test_temp_files_of_a_live_writer_are_kept(tmp_path):
     open_store(tmp_path / "s", "int8")
-    live = tmp_path / "s" / f".tmp~{store_mod._HOST}~{os.getppid()}~12345678~shard-00001.ids.npy"
+    live = tmp_path / "s" / f".tmp~{atomic.HOST}~{os.getppid()}~12345678~shard-00001.ids.npy"
     other_host = tmp_path / "s" / ".tmp~elsewhere~1~12345678~shard-00001.ids.npy"
     live.write_bytes(b"in progress")
     other_host.write_bytes(b"in progress")
@@ -528,13 +531,13 @@ import sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[2])
 import test_store as t
-from mads_fast import store as store_mod
+from mads_fast import atomic
 
-def slow_fsync(fd, _real=store_mod._fsync_file):
+def slow_fsync(fd, _real=atomic._fsync_file):
     time.sleep(0.05)  # 5 files a shard: about 0.25 s per shard, so a kill lands mid-shard
     _real(fd)
 
-store_mod._fsync_file = slow_fsync
+atomic._fsync_file = slow_fsync
 offset = t.offset_for(24)
 q, scales = t.quantise(t.synthetic(23, 24) - offset, "int8", 3)
 store = t.open_store(sys.argv[1], "int8")
@@ -568,3 +571,39 @@ def test_killed_writer_resumes_byte_identical(tmp_path):
     resumed.finalize()
     assert store_files(target) == store_files(tmp_path / "clean")
     np.testing.assert_array_equal(load_features(target)[1], load_features(tmp_path / "clean")[1])
+
+
+def test_manifest_first_difference_names_the_first_leaf_of_the_keys_asked_for(tmp_path):
+    build(tmp_path / "s", "int8")
+    manifest = Manifest.read(tmp_path / "s")
+    assert manifest.first_difference(manifest) is None
+    moved = json.loads(json.dumps(manifest.data))
+    moved["dataset"]["path"] = "/elsewhere/alpaca.jsonl"  # not a key that must match
+    assert manifest.first_difference(moved) is None
+    other = json.loads(json.dumps(manifest.data))
+    other["feature_spec"]["layers"] = [10]
+    other["dim"] = 8
+    found = manifest.first_difference(other)
+    assert found == ("feature_spec.layers", [10, 20], [10])  # MATCH_KEYS order: the spec before the dims
+    assert "feature_spec.layers is [10, 20] there but [10] here" == str(found)
+    # a partial request (what extract knows before the model loads) is compared on the keys it names only
+    partial = {"model": {"weights_sha256": MODEL["weights_sha256"]}, "feature_spec": SPEC}
+    assert manifest.first_difference(partial, keys=("model.weights_sha256", "feature_spec")) is None
+    partial["model"]["weights_sha256"] = "cd" * 32
+    assert manifest.first_difference(partial, keys=("model.weights_sha256",)).key == "model.weights_sha256"
+    assert manifest.first_difference({}, keys=("dim",)) == ("dim", 24, "<absent>")
+    assert Manifest.read_if_any(tmp_path / "none yet") is None
+
+
+@pytest.mark.parametrize("dtype", list(LAYOUTS))
+def test_rows_reads_exactly_the_rows_asked_for(tmp_path, dtype):
+    build(tmp_path / "s", dtype, offset=offset_for(LAYOUTS[dtype][0]) if dtype in ("int8", "uint8") else None)
+    reader = FeatureReader(tmp_path / "s")
+    _, everything = load_features(tmp_path / "s")
+    _, normalised = load_features(tmp_path / "s", raw=False)
+    positions = np.array([22, 0, 7, 5, 4, 9, 7])  # unsorted, repeated, across shard boundaries (5 rows each)
+    np.testing.assert_array_equal(reader.rows(positions), everything[positions])
+    np.testing.assert_allclose(reader.rows(positions, raw=False), normalised[positions], rtol=1e-6, atol=1e-7)
+    assert reader.rows([]).shape == (0, LAYOUTS[dtype][0])
+    with pytest.raises(InputError, match="positions"):
+        reader.rows([23])

@@ -12,7 +12,8 @@ import importlib
 import logging
 import os
 
-from mads_fast.errors import BackendUnavailableError, InputError
+from mads_fast.errors import BackendUnavailableError
+from mads_fast.options import check_choice
 
 from ._numpy_impl import NumpyDense
 
@@ -80,8 +81,7 @@ def _wants_cuda(X) -> bool:
 def resolve(backend: str, X=None) -> str:
     """The backend to run: ``backend`` itself when it loads (else BackendUnavailableError), or for
     "auto" the fastest that loads, cuda only when ``X`` is on a GPU or large (see the module doc)."""
-    if not isinstance(backend, str) or backend not in BACKENDS + ("auto",):
-        raise InputError(f"backend={backend!r} is not one of 'auto', 'numpy', 'cpp', 'cuda'")
+    check_choice("backend", backend, BACKENDS + ("auto",))
     if backend == "numpy":
         return "numpy"
     if backend != "auto":

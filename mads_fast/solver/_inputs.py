@@ -1,16 +1,15 @@
-"""Validation of the solver's inputs: the feature matrix and the budget.
+"""Validation of the solver's inputs: the feature matrix and the options (the budget: ``mads_fast.options``).
 
 Everything is checked here, before any native call, so bad input is a one-line ``InputError`` and
 never a traceback from C++.
 """
 from __future__ import annotations
 
-import math
-import numbers
 
 import numpy as np
 
 from mads_fast.errors import InputError
+from mads_fast.options import check_choice, check_positive_int, resolve_budget  # noqa: F401  (one rule each)
 
 _FLOAT_KINDS = "f"
 _INT_KINDS = "iu"
@@ -69,32 +68,3 @@ def as_features(X) -> np.ndarray:
             raise InputError(f"X overflows float32 (first in row {bad}); rescale the features")
         return out
     return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def resolve_budget(budget, n: int) -> int:
-    """An int count in [1, n], or a float fraction in (0, 1] -> max(1, round(fraction * n))."""
-    if isinstance(budget, (bool, np.bool_)):
-        raise InputError(f"budget={budget!r} is a bool; expected an int count or a float fraction")
-    if isinstance(budget, numbers.Integral):
-        value = int(budget)
-        if not 1 <= value <= n:
-            raise InputError(f"budget={value} is out of range; expected 1 <= budget <= N={n}")
-        return value
-    if isinstance(budget, numbers.Real):
-        value = float(budget)
-        if math.isnan(value) or not 0.0 < value <= 1.0:
-            raise InputError(f"budget={budget!r} is not a fraction in (0, 1] nor an int count")
-        return max(1, int(round(value * n)))
-    raise InputError(f"budget={budget!r} has type {type(budget).__name__}; expected an int count or a float fraction")
-
-
-def check_choice(name: str, value, allowed) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise InputError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
-    return value
-
-
-def check_int(name: str, value, low: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or int(value) < low:
-        raise InputError(f"{name}={value!r} must be an int >= {low}")
-    return int(value)

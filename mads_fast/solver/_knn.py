@@ -14,7 +14,8 @@ BLOCK_BYTES = 64 << 20  # the largest per-block temporary (the int64 running cou
 
 
 def knn_graph(engine, n_neighbors: int):
-    """Returns (neighbors int64 [N, K+1], sims float32 [N, K+1]), self first, K = min(n_neighbors, N-1).
+    """Returns (neighbors int64 [N, K+1], sims float32 [N, K+1]), self first, K = min(n_neighbors, N-1), then
+    the kept neighbours in ascending index order (not by similarity; every backend keeps this order).
 
     An engine with its own ``knn_graph`` (the C++ first pass keeps the same lists while it sums the
     columns, from one triangle of the similarity) builds it; this blocked NumPy version is the reference.

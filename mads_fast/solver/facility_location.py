@@ -12,12 +12,13 @@ import logging
 import numpy as np
 
 from ._backends import make_engine, resolve
-from ._inputs import as_features, check_choice, check_int, resolve_budget
+from ._inputs import as_features, check_choice, check_positive_int, resolve_budget
 from ._knn import exact_nearest, knn_graph
 from ._lazy import lazy_greedy
 from ._oracles import DenseOracle, SparseOracle
 from ._stochastic import stochastic_greedy
 from mads_fast.errors import InputError
+from mads_fast.options import MODES, OPTIMIZERS
 
 log = logging.getLogger("mads_fast")
 
@@ -80,18 +81,18 @@ class FacilityLocation:
         self.verbose = verbose
 
     def _check(self):
-        check_choice("mode", self.mode, ("dense", "knn"))
+        check_choice("mode", self.mode, MODES)
         check_choice("similarity", self.similarity, ("cosine",))
-        check_choice("optimizer", self.optimizer, ("lazy", "stochastic"))
-        check_int("n_neighbors", self.n_neighbors, 1)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_positive_int("n_neighbors", self.n_neighbors)
         eps = self.epsilon
         if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not 0.0 < float(eps) < 1.0:
-            raise InputError(f"epsilon={eps!r} must be a float in (0, 1)")
+            raise InputError(f"must be a float in (0, 1), got {eps!r}", param="epsilon")
         if self.batch_size is not None:
-            check_int("batch_size", self.batch_size, 1)
+            check_positive_int("batch_size", self.batch_size)
         seed = self.random_state
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise InputError(f"random_state={seed!r} must be a non-negative int or None")
+            raise InputError(f"must be a non-negative int or None, got {seed!r}", param="random_state")
 
     def fit(self, X, y=None):
         self._check()
