@@ -133,6 +133,7 @@ def markdown(rows: List[dict], header: dict) -> str:
 
 
 def plot(path: Path, rows: List[dict]) -> None:
+    """Per metric, each arm's paired difference to the random mean with its 95% interval (0: random)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,12 +148,16 @@ def plot(path: Path, rows: List[dict]) -> None:
             rr = [r for r in rows if r["regime"] == regime]
             if not rr:
                 continue
+            # paired differences to the random mean: the absolute intervals are mostly item difficulty
+            rr = [r for r in rr if "delta" in r["scores"][m]]
             y = [arms.index(r["arm"]) + dy for r in rr]
-            v = np.array([r["scores"][m]["value"] for r in rr])
-            lo = v - np.array([r["scores"][m]["lo"] for r in rr])
-            hi = np.array([r["scores"][m]["hi"] for r in rr]) - v
+            v = np.array([r["scores"][m]["delta"] for r in rr])
+            lo = v - np.array([r["scores"][m]["delta_lo"] for r in rr])
+            hi = np.array([r["scores"][m]["delta_hi"] for r in rr]) - v
             ax.errorbar(v, y, xerr=[lo, hi], fmt=marker, color=color, capsize=2, label=label, ms=4)
-        ax.set_title(LABELS[m] + (" (higher better)" if HIGHER_IS_BETTER[m] else " (lower better)"), fontsize=9)
+        ax.set_title("Δ " + LABELS[m] + " to the random mean" + (" (higher better)" if HIGHER_IS_BETTER[m]
+                     else " (lower better)"), fontsize=9)
+        ax.axvline(0.0, color="k", lw=0.8, alpha=0.5)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(arms)))
     axes[0].set_yticklabels(arms)
