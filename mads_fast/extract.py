@@ -18,9 +18,13 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 import numpy as np
+
+if TYPE_CHECKING:  # for the hints only
+    from .data import RecordSet
+    from .model import LoadedModel
 
 from .errors import InputError
 from .options import FEATURES, POOLS, QUANTS, TEMPLATES, check_choice, check_positive_int
@@ -193,7 +197,9 @@ def _reusable_store(store, model, rs, spec_args: dict) -> bool:
         return False
 
 
-def extract(data, store: Union[str, Path], *, model=None, layers=None, feature: str = "hidden",
+def extract(data: Union[str, Path, "RecordSet"], store: Union[str, Path], *,
+            model: Union[None, str, Path, "LoadedModel"] = None,
+            layers: Union[None, int, float, str, Sequence[Union[int, float]]] = None, feature: str = "hidden",
             pool: str = "mean", project: Optional[int] = None, project_seed: int = 0, quant: str = "fp16",
             max_length: int = 1024, tokens_per_batch: int = 16384, shard_size: int = 4096,
             text_field: Optional[str] = None, template: str = "chat", lenient: bool = False,

@@ -16,7 +16,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+import os
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
@@ -25,7 +26,13 @@ from .errors import InputError
 from .options import (BACKENDS, MODES, NORMALIZE, OBJECTIVES, OPTIMIZERS, SOLVER_DTYPES, check_choice,
                       check_positive_int, parse_budget, resolve_budget)
 
+if TYPE_CHECKING:  # names for the hints only: importing them here would load torch
+    from .data import RecordSet
+    from .model import LoadedModel
+
 log = logging.getLogger("mads_fast")
+PathLike = Union[str, "os.PathLike[str]"]
+Budget = Union[int, float, str]   # a count (7800), a fraction of N (0.15), or either as text
 
 
 @dataclass
@@ -115,10 +122,11 @@ def _result(solver, ids, objective: str, record_set) -> SelectionResult:
                            **common)
 
 
-def solve(store, budget, *, objective: str = "facility", backend: str = "auto", mode: str = "dense",
-          optimizer: str = "lazy", n_neighbors: int = 64, solver_dtype: str = "int8",
-          normalize: str = "standardize", random_state: int = 0, record_set=None, out=None, indices_out=None,
-          report=None, extraction: Optional[dict] = None, timings: Optional[dict] = None,
+def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backend: str = "auto",
+          mode: str = "dense", optimizer: str = "lazy", n_neighbors: int = 64, solver_dtype: str = "int8",
+          normalize: str = "standardize", random_state: int = 0, record_set: Optional["RecordSet"] = None,
+          out: Optional[PathLike] = None, indices_out: Optional[PathLike] = None,
+          report: Optional[PathLike] = None, extraction: Optional[dict] = None, timings: Optional[dict] = None,
           progress: bool = False) -> SelectionResult:
     """Select from a complete feature store and write the outputs: what ``select`` does once its features
     exist, and all that ``mads-fast solve`` does.
@@ -205,11 +213,13 @@ def build_report(report_dir, result: SelectionResult, reader, solver_input, sett
                         solver_sims=solver_sims, budget=len(result.indices))
 
 
-def select(data, budget=0.15, *, out=None, store=None, report=None, indices_out=None, model=None,
+def select(data: Union[PathLike, "RecordSet"], budget: Budget = 0.15, *, out: Optional[PathLike] = None,
+           store: Optional[PathLike] = None, report: Optional[PathLike] = None,
+           indices_out: Optional[PathLike] = None, model: Union[None, PathLike, "LoadedModel"] = None,
            objective: str = "facility", backend: str = "auto", mode: str = "dense", optimizer: str = "lazy",
            n_neighbors: int = 64, solver_dtype: str = "int8", normalize: str = "standardize",
-           text_field=None, lenient: bool = False,
-           limit=None, progress: bool = True, **extract_options) -> SelectionResult:
+           text_field: Optional[str] = None, lenient: bool = False,
+           limit: Optional[int] = None, progress: bool = True, **extract_options) -> SelectionResult:
     """Run the whole MADS selection on ``data`` and return a :class:`SelectionResult`.
 
     ``budget``: a fraction of N (0.15) or a count (7800). ``store``: the feature store directory (default:

@@ -8,6 +8,7 @@ candidates with gain >= G - tau), identical on every backend.
 from __future__ import annotations
 
 import logging
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -67,8 +68,9 @@ class FacilityLocation:
     gains and objective are on the graph, while ``nearest_`` uses the dense similarity.
     """
 
-    def __init__(self, budget, backend="auto", mode="dense", similarity="cosine", optimizer="lazy",
-                 n_neighbors=64, epsilon=0.01, random_state=0, batch_size=None, verbose=False):
+    def __init__(self, budget: Union[int, float], backend: str = "auto", mode: str = "dense",
+                 similarity: str = "cosine", optimizer: str = "lazy", n_neighbors: int = 64, epsilon: float = 0.01,
+                 random_state: int = 0, batch_size: Optional[int] = None, verbose: bool = False) -> None:
         self.budget = budget
         self.backend = backend
         self.mode = mode
@@ -94,7 +96,8 @@ class FacilityLocation:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
             raise InputError(f"must be a non-negative int or None, got {seed!r}", param="random_state")
 
-    def fit(self, X, y=None):
+    def fit(self, X: Any, y: Any = None) -> "FacilityLocation":
+        """Select from ``X`` (NumPy, torch or CuPy; float32, float16 or int8 [N, D]); ``y`` is ignored."""
         self._check()
         X, name = features_for_backend(X, self.backend)
         n = X.shape[0]
@@ -144,6 +147,6 @@ class FacilityLocation:
             return lazy_greedy(oracle, k, self.batch_size or 1, progress)
         return stochastic_greedy(oracle, k, float(self.epsilon), self.random_state, progress)
 
-    def fit_transform(self, X, y=None):
+    def fit_transform(self, X: Any, y: Any = None) -> Any:
         self.fit(X)
         return X[self.ranking_]

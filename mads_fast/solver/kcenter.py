@@ -6,6 +6,8 @@ later pick maximises the distance to its nearest selected example. Ties follow t
 """
 from __future__ import annotations
 
+from typing import Any, Union
+
 import numpy as np
 
 from ._backends import make_engine, resolve
@@ -18,11 +20,11 @@ class KCenter:
     """After ``fit``: ``ranking_``, ``radii_`` (max distance to the nearest pick, after each pick),
     ``nearest_``, ``nearest_similarity_``, ``weights_``, ``backend_``."""
 
-    def __init__(self, budget, backend="auto"):
+    def __init__(self, budget: Union[int, float], backend: str = "auto") -> None:
         self.budget = budget
         self.backend = backend
 
-    def fit(self, X, y=None):
+    def fit(self, X: Any, y: Any = None) -> "KCenter":
         name = resolve(self.backend, X)
         X = as_features(X)  # host NumPy: the farthest-first loop reads columns on the host
         n = X.shape[0]
@@ -55,6 +57,6 @@ class KCenter:
         self.backend_ = name
         return self
 
-    def fit_transform(self, X, y=None):
+    def fit_transform(self, X: Any, y: Any = None) -> Any:
         self.fit(X)
         return X[self.ranking_]

@@ -7,7 +7,8 @@ processes may read one store.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Optional
+import os
+from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 
@@ -141,7 +142,8 @@ class FeatureReader:
             yield start, x.astype(dtype, copy=False)
 
 
-def load_features(store_dir, raw: bool = True, normalize: str = "standardize") -> tuple:
+def load_features(store_dir: Union[str, "os.PathLike[str]"], raw: bool = True,
+                  normalize: str = "standardize") -> Tuple[np.ndarray, np.ndarray]:
     """(ids [N], features [N, dim] float32) in dataset order.
 
     raw=True: the dequantised pooled features; raw=False: the solver input, centred on the dataset mean,
