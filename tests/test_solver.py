@@ -11,6 +11,8 @@ from mads_fast.solver import _backends
 
 from greedy_reference import cosine64, tau, naive_greedy
 
+pytestmark = pytest.mark.usefixtures("cpu_isa")   # the C++ cases once per kernel family
+
 BACKENDS = ["numpy", "cpp", "cuda"]
 
 

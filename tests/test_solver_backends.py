@@ -9,7 +9,8 @@ from mads_fast.solver import FacilityLocation, KCenter, available_backends
 from mads_fast.solver import _backends, _cuda
 from mads_fast.solver._knn import knn_graph
 
-pytestmark = pytest.mark.skipif("cpp" not in available_backends(), reason="the C++ solver module does not load")
+pytestmark = [pytest.mark.skipif("cpp" not in available_backends(), reason="the C++ solver module does not load"),
+              pytest.mark.usefixtures("cpu_isa")]   # once per C++ kernel family
 
 
 class FakeCudaModule:
@@ -155,3 +156,23 @@ def test_grad_requiring_device_tensor_is_detached_not_fatal(fake_cuda, monkeypat
     assert fit.backend_ == "cuda" and synced  # pending writes finished before the engine reads
     assert T.requires_grad  # the caller's tensor is left as it was
     np.testing.assert_array_equal(fit.ranking_, FacilityLocation(25, backend="cpp").fit(X).ranking_)
+
+
+def test_isa_switch_chooses_the_kernel_family(monkeypatch):
+    """MADS_FAST_ISA=portable forces the plain loops; avx512 insists on AVX-512; anything else is an error."""
+    native = _backends.load_native("cpp")
+    x = np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32)
+    q = np.clip(np.round(x * 40), -127, 127).astype(np.int8)
+    monkeypatch.setenv("MADS_FAST_ISA", "portable")
+    assert (native.DenseSimilarity(x).kernel, native.DenseSimilarity(q).kernel) == ("portable-fp32", "portable-int8")
+    monkeypatch.setenv("MADS_FAST_ISA", "auto")
+    auto = native.DenseSimilarity(x).kernel
+    monkeypatch.setenv("MADS_FAST_ISA", "avx512")
+    if auto == "avx512-fp32":
+        assert native.DenseSimilarity(x).kernel == "avx512-fp32"
+    else:
+        with pytest.raises(RuntimeError, match="lacks AVX-512"):
+            native.DenseSimilarity(x)
+    monkeypatch.setenv("MADS_FAST_ISA", "sse9")
+    with pytest.raises(ValueError, match="MADS_FAST_ISA must be auto, portable or avx512"):
+        native.DenseSimilarity(x)

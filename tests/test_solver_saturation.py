@@ -16,7 +16,8 @@ from mads_fast.solver._oracles import SparseOracle
 
 from greedy_reference import cosine64, naive_greedy
 
-pytestmark = pytest.mark.skipif("cpp" not in available_backends(), reason="the C++ solver module does not load")
+pytestmark = [pytest.mark.skipif("cpp" not in available_backends(), reason="the C++ solver module does not load"),
+              pytest.mark.usefixtures("cpu_isa")]   # once per C++ kernel family
 
 
 def engine(X):
