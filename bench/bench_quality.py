@@ -31,9 +31,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from mads_fast.atomic import atomic_write  # noqa: E402
 from quality import arms as arms_mod  # noqa: E402
 from quality import corpus, summary  # noqa: E402
-from quality.score import ScoringSet  # noqa: E402
+from quality.score import ScoringSet, nll_items  # noqa: E402
 from quality.train import TrainSettings, plan_steps, train  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared"
@@ -94,9 +95,7 @@ def settings_of(args) -> dict:
 
 def atomic_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1, sort_keys=True).encode("utf-8")))
 
 
 class Work:
@@ -130,10 +129,8 @@ class Work:
         with open(self.settings["data"], "rb") as fh:
             lines = [line for line in fh if line.strip()]
         split = corpus.split_positions(len(lines), heldout=self.settings["heldout"], pool=self.settings["pool"])
-        tmp = self.root / ".pool.jsonl.tmp"
-        with open(tmp, "wb") as fh:
-            fh.writelines(lines[i] if lines[i].endswith(b"\n") else lines[i] + b"\n" for i in split.pool)
-        os.replace(tmp, self.root / "pool.jsonl")
+        atomic_write(self.root / "pool.jsonl", lambda f: f.writelines(
+            lines[i] if lines[i].endswith(b"\n") else lines[i] + b"\n" for i in split.pool))
         info = {"n_records": len(lines), "pool": split.pool.tolist(), "heldout": split.heldout.tolist(),
                 "budget": max(1, int(round(self.settings["budget_fraction"] * len(split.pool))))}
         atomic_json(split_path, info)
@@ -189,13 +186,12 @@ def resolve_device(device):
 # one arm: select, or train and score
 
 
-def do_select(work: Work, arm: str, device: str, pool_lengths=None) -> dict:
+def do_select(work: Work, arm: str, device: str) -> dict:
     path = work.arm_path(arm)
     if path.exists():
         return json.loads(path.read_text())
     split, _, pool = load_common(work)
-    if pool_lengths is None and arm == "longest":
-        pool_lengths = pool_token_lengths(work, pool)
+    pool_lengths = pool_token_lengths(work, pool) if arm == "longest" else None
     print(f"[select] {arm}: {len(pool) if arm == 'full' else split['budget']:,} of {len(pool):,}", file=sys.stderr,
           flush=True)
     got = arms_mod.select_arm(arm, budget=split["budget"], pool_records=pool, pool_lengths=pool_lengths,
@@ -245,7 +241,7 @@ def pool_token_lengths(work: Work, pool) -> np.ndarray:
     toks = corpus.tokenize_pairs(tok, [corpus.alpaca_pair(r) for r in pool], max_length=1 << 30)
     lengths = np.array([len(t.ids) for t in toks], dtype=np.int64)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache, lengths)
+    atomic_write(cache, lambda f: np.save(f, lengths))
     return lengths
 
 
@@ -266,12 +262,13 @@ def do_train(work: Work, arm: str, regime: str, device: str) -> None:
     s = work.settings
     if regime == "tokens" and arm == s["token_reference"] and work.run_path(arm, "examples").exists():
         # Its token budget is its own epoch: the plan is the examples plan, so the run is that run.
-        import shutil
-
-        shutil.copyfile(work.run_path(arm, "examples").with_suffix(".npz"), out.with_suffix(".npz"))
+        scores = work.run_path(arm, "examples").with_suffix(".npz").read_bytes()
+        atomic_write(out.with_suffix(".npz"), lambda f: f.write(scores))
         row = json.loads(work.run_path(arm, "examples").read_text())
         atomic_json(out, {**row, "regime": "tokens", "same_run_as": "examples"})
         return
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()   # per run, also when arms share a process
     t0 = time.perf_counter()
     loaded = load_target(work, device)
     model, tok = loaded.model, loaded.tokenizer
@@ -293,8 +290,6 @@ def do_train(work: Work, arm: str, regime: str, device: str) -> None:
                           tokens_per_step=settings.tokens_per_step, seed=settings.seed, token_budget=budget)
         # The training loss before and after, on the same fixed sample of the arm's own examples.
         probe = [examples[i] for i in np.random.default_rng(0).permutation(len(examples))[:64]]
-        from quality.score import nll_items
-
         before = nll_items(model, probe, s.get("score_tokens", 8192))
         print(f"[train] {arm} @ {regime}: {len(examples):,} examples, {len(plan)} steps", file=sys.stderr, flush=True)
         stats = train(model, examples, plan, settings)
@@ -309,9 +304,8 @@ def do_train(work: Work, arm: str, regime: str, device: str) -> None:
     row["score_s"] = time.perf_counter() - t0
     row["peak_gpu_gb"] = (torch.cuda.max_memory_allocated() / 2**30) if str(device).startswith("cuda") else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.npz")
-    np.savez(tmp, **{f"{m}_num": v[0] for m, v in scores.items()}, **{f"{m}_den": v[1] for m, v in scores.items()})
-    os.replace(tmp, out.with_suffix(".npz"))
+    arrays = {**{f"{m}_num": v[0] for m, v in scores.items()}, **{f"{m}_den": v[1] for m, v in scores.items()}}
+    atomic_write(out.with_suffix(".npz"), lambda f: np.savez(f, **arrays))
     atomic_json(out, row)   # written last: a run counts as done only when both files are there
     print(f"[done] {arm} @ {regime}: " + ", ".join(f"{m} {v[0].sum() / v[1].sum():.4f}" for m, v in scores.items()),
           file=sys.stderr, flush=True)
@@ -371,15 +365,13 @@ def write_results(work: Work, args, device: str) -> None:
                   command=reproduce_command(s, list(dict.fromkeys(r["arm"] for r in runs)), device))
     rows = summary.score_rows(runs)
     summary.write_jsonl(work.root / "results.jsonl", rows, {k: header[k] for k in header if k != "title"})
-    (work.root / "quality.md").write_text(summary.markdown(rows, header), encoding="utf-8")
+    summary.write_markdown(work.root / "quality.md", rows, header)
     summary.plot(work.root / "quality.png", rows)
     if args.results:
-        import shutil
-
         args.results.parent.mkdir(parents=True, exist_ok=True)
         for ext in (".jsonl", ".md", ".png"):
-            src = work.root / ("results.jsonl" if ext == ".jsonl" else f"quality{ext}")
-            shutil.copyfile(src, args.results.with_name(args.results.name + ext))
+            data = (work.root / ("results.jsonl" if ext == ".jsonl" else f"quality{ext}")).read_bytes()
+            atomic_write(args.results.with_name(args.results.name + ext), lambda f: f.write(data))
     print(f"results: {work.root / 'quality.md'}", file=sys.stderr)
 
 

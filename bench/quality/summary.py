@@ -7,11 +7,12 @@ a difference whose interval excludes zero is one the items support; the others a
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
+
+from mads_fast.atomic import atomic_write
 
 from .arms import ALL_ARMS, RANDOM_ARMS
 from .score import HIGHER_IS_BETTER, METRICS, bootstrap
@@ -62,14 +63,16 @@ def random_spread(rows: List[dict], regime: str) -> Dict[str, dict]:
             for m, v in vals.items() if v}
 
 
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _atomic_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_jsonl(path: Path, rows: List[dict], header: dict) -> None:
-    _atomic(path, "".join(json.dumps({**header, **row}, sort_keys=True) + "\n" for row in rows))
+    _atomic_text(path, "".join(json.dumps({**header, **row}, sort_keys=True) + "\n" for row in rows))
+
+
+def write_markdown(path: Path, rows: List[dict], header: dict) -> None:
+    _atomic_text(path, markdown(rows, header))
 
 
 def _cell(s: dict, metric: str) -> str:
@@ -164,7 +167,5 @@ def plot(path: Path, rows: List[dict]) -> None:
     axes[0].invert_yaxis()
     axes[-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
-    os.replace(tmp, path)

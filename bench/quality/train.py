@@ -81,7 +81,7 @@ def lr_at(step: int, total: int, settings: TrainSettings) -> float:
 
 
 def _micro_loss(model, examples: Sequence[Tokenized], rows: np.ndarray):
-    """Summed NLL of the response tokens of ``rows`` (a tensor with grad) and their count."""
+    """Summed NLL of the response tokens of ``rows`` (a tensor with grad)."""
     import torch
 
     device = next(model.parameters()).device
@@ -96,8 +96,7 @@ def _micro_loss(model, examples: Sequence[Tokenized], rows: np.ndarray):
     with autocast(str(device)):
         hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state   # [B, T, H]
         logits = model.get_output_embeddings()(hidden[b_t, t_t - 1])                      # [M, V]
-    loss = torch.nn.functional.cross_entropy(logits.float(), ids[b_t, t_t], reduction="sum")
-    return loss, len(t_idx)
+    return torch.nn.functional.cross_entropy(logits.float(), ids[b_t, t_t], reduction="sum")
 
 
 def train(model, examples: Sequence[Tokenized], plan: Sequence[np.ndarray], settings: TrainSettings,
@@ -119,7 +118,7 @@ def train(model, examples: Sequence[Tokenized], plan: Sequence[np.ndarray], sett
         step_target = sum(examples[i].n_target for i in step)
         step_loss = 0.0
         for micro in batches_by_tokens([len(examples[i].ids) for i in step], settings.micro_tokens):
-            loss, _ = _micro_loss(model, examples, step[micro])
+            loss = _micro_loss(model, examples, step[micro])
             (loss / step_target).backward()
             step_loss += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
