@@ -441,7 +441,7 @@ DenseSimilarity::DenseSimilarity(const float* X, int64_t n, int64_t d) : n_(n), 
 DenseSimilarity::DenseSimilarity(const int8_t* X, int64_t n, int64_t d) : n_(n), d_(d), int8_(true) {
   if (n <= 0 || d <= 0) throw std::invalid_argument("X must have at least one row and one column");
   if (n >= (int64_t(1) << 31)) throw std::invalid_argument("X must have fewer than 2^31 rows");
-  if (d > 65000) throw std::invalid_argument("int8 features need D <= 65000 (exact int32 dot products)");
+  check_int8_dim(d);
   npad_ = round_up(n, kTileRows);
   dpad_ = round_up(d, 4);
   isa_ = choose_isa(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni"), 2,

@@ -475,7 +475,7 @@ DenseSimilarityCuda::DenseSimilarityCuda(const Matrix& X, const std::string& pre
   if (X.n <= 0 || X.d <= 0) throw std::invalid_argument("X must have at least one row and one column");
   if (X.n >= (int64_t(1) << 31) - 64) throw std::invalid_argument("the CUDA backend takes N < 2^31 rows");
   if (X.row_stride < X.d) throw std::invalid_argument("row stride is smaller than the row length");
-  if (X.int8 && X.d > 65000) throw std::invalid_argument("int8 features need D <= 65000 (exact int32 dot products)");
+  if (X.int8) check_int8_dim(X.d);
   static const char* kNames[] = {"auto", "fp32", "tf32", "fp16", "bf16", "int8"};
   if (std::find(std::begin(kNames), std::end(kNames), precision) == std::end(kNames))
     throw std::invalid_argument("precision must be one of auto, fp32, tf32, fp16, bf16 (got '" + precision + "')");

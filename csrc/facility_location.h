@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,15 @@ constexpr double kTieAbs = 1e-6;
 constexpr double kTieRel = 1e-5;
 
 inline double tie_tolerance(double best) { return kTieAbs + kTieRel * std::fabs(best); }
+
+// Widest int8 features: the dot products stay exact in int32 while D * 255 * 128 < 2^31 (the VNNI
+// kernels multiply x_c + 128 <= 255 by a signed byte of magnitude <= 128). Both backends check it.
+constexpr int64_t kInt8MaxDim = 65000;
+inline void check_int8_dim(int64_t d) {
+  if (d > kInt8MaxDim)
+    throw std::invalid_argument("int8 features need D <= " + std::to_string(kInt8MaxDim) +
+                                " (exact int32 dot products)");
+}
 
 // A lazy-greedy heap entry, shared by the C++ and CUDA loops so both order candidates identically:
 // larger upper bound first, then the lower index (the tie rule's preference).
