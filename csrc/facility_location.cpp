@@ -814,9 +814,7 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
   };
   if (u > 0 && u < n_) repack();
 
-  std::vector<Entry> heap(n_);
-  for (int64_t j = 0; j < n_; ++j) heap[j] = {bounds[j], j};
-  std::make_heap(heap.begin(), heap.end(), EntryLess());
+  LazyHeap heap(bounds.data(), n_);
 
   std::vector<int64_t> take, take_slot;
   std::vector<float*> dst;
@@ -829,16 +827,6 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
   const bool avx = isa_ != 0;
   const int64_t report = std::max<int64_t>(1, budget / 200);
 
-  auto pop = [&]() {
-    std::pop_heap(heap.begin(), heap.end(), EntryLess());
-    Entry e = heap.back();
-    heap.pop_back();
-    return e;
-  };
-  auto push = [&](double ub, int64_t j) {
-    heap.push_back({ub, j});
-    std::push_heap(heap.begin(), heap.end(), EntryLess());
-  };
   auto gain_of = [&](int64_t s) { return slot_dense[s] + slot_sparse[s]; };
   auto sparse_gain = [&](int64_t c) {
     double sp = 0.0;
@@ -891,8 +879,8 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
     // candidates, and one pass over U serves many more columns.
     int64_t mb = m;
     const bool can_refresh = prows > 0 && 2 * u > n_;  // the triangle over all rows costs <= N columns over U
-    while (!refresh && !heap.empty() && heap.front().ub > 0.0 &&
-           (live == 0 || heap.front().ub >= best - tie_tolerance(best))) {
+    while (!refresh && !heap.empty() && heap.top().ub > 0.0 &&
+           (live == 0 || heap.top().ub >= best - tie_tolerance(best))) {
       if (can_refresh && step_dense * kRefreshDiv >= n_) {
         refresh = true;
         break;
@@ -900,8 +888,8 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
       take.clear();
       // Fill the batch with the next best bounds: one pass over U costs about the same for 6 or m
       // columns, and the extra kept columns serve later steps.
-      while (int64_t(take.size()) < mb && !heap.empty() && heap.front().ub > 0.0) {
-        const int64_t c = pop().idx;
+      while (int64_t(take.size()) < mb && !heap.empty() && heap.top().ub > 0.0) {
+        const int64_t c = heap.pop().idx;
         if (slot_of[c] >= 0) continue;  // a kept column's heap entry is obsolete (its slot holds the bound)
         take.push_back(c);
       }
@@ -927,7 +915,7 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
         for (int64_t q = 0; q < nev; ++q) {
           const int64_t s = order[q];
           if (slot_fresh[s]) --live;
-          push(gain_of(s), slot_idx[s]);
+          heap.push(gain_of(s), slot_idx[s]);
           slot_of[slot_idx[s]] = -1;
           slot_idx[s] = -1;
           slot_fresh[s] = 0;
@@ -1011,10 +999,11 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
           slot_fresh[s] = 1;
           ++live;
         }
-      heap.clear();
+      std::vector<Entry> bounds_now;
+      bounds_now.reserve(size_t(n_));
       for (int64_t j = 0; j < n_; ++j)
-        if (!chosen[j] && slot_of[j] < 0 && j != pick) heap.push_back({rgain[j] + rsparse[j], j});
-      std::make_heap(heap.begin(), heap.end(), EntryLess());
+        if (!chosen[j] && slot_of[j] < 0 && j != pick) bounds_now.push_back({rgain[j] + rsparse[j], j});
+      heap = LazyHeap(std::move(bounds_now));
       if (pick_slot < 0) {  // its column over the view, for the cur update
         pcol.assign(view.rows_pad, 0.f);
         cand.resize(kTileCols * dpad_ * kern.elem());
@@ -1037,9 +1026,9 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
           pick_gain = gain_of(s);
         }
     }
-    if (!refresh && !heap.empty() && heap.front().ub <= 0.0 && (live == 0 || 0.0 >= best - tie_tolerance(best)) &&
-        (pick < 0 || heap.front().idx < pick)) {
-      pick = pop().idx;
+    if (!refresh && !heap.empty() && heap.top().ub <= 0.0 && (live == 0 || 0.0 >= best - tie_tolerance(best)) &&
+        (pick < 0 || heap.top().idx < pick)) {
+      pick = heap.pop().idx;
       pick_slot = -1;
       pick_gain = 0.0;
     }

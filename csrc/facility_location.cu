@@ -726,26 +726,13 @@ GreedyOutput DenseSimilarityCuda::lazy_greedy(int64_t budget, int64_t batch,
   column_sums(bounds.data());
   out.n_evaluations = n;
   out.n_passes = 1;
-  std::vector<Entry> heap(n);
-  for (int64_t j = 0; j < n; ++j) heap[j] = {bounds[j], j};
-  std::make_heap(heap.begin(), heap.end(), EntryLess());
+  LazyHeap heap(bounds.data(), n);
 
   std::vector<int64_t> slot_idx(cap, -1);
   std::vector<double> slot_gain(cap, 0.0);
   std::vector<int64_t> take;
   std::vector<int> take_slot, live_slots;
   const int64_t report = std::max<int64_t>(1, budget / 200);
-
-  auto pop = [&]() {
-    std::pop_heap(heap.begin(), heap.end(), EntryLess());
-    Entry e = heap.back();
-    heap.pop_back();
-    return e;
-  };
-  auto push = [&](double ub, int64_t j) {
-    heap.push_back({ub, j});
-    std::push_heap(heap.begin(), heap.end(), EntryLess());
-  };
 
   for (int64_t step = 0; step < budget; ++step) {
     double best = -std::numeric_limits<double>::infinity();
@@ -756,9 +743,9 @@ GreedyOutput DenseSimilarityCuda::lazy_greedy(int64_t budget, int64_t batch,
         best = std::max(best, slot_gain[q]);
       }
     // Evaluate stale candidates while one could reach the tie set (bound >= G - tau); 0 bounds are exact.
-    while (!heap.empty() && heap.front().ub > 0.0 && (live == 0 || heap.front().ub >= best - tie_tolerance(best))) {
+    while (!heap.empty() && heap.top().ub > 0.0 && (live == 0 || heap.top().ub >= best - tie_tolerance(best))) {
       take.clear();
-      while (int64_t(take.size()) < m && !heap.empty() && heap.front().ub > 0.0) take.push_back(pop().idx);
+      while (int64_t(take.size()) < m && !heap.empty() && heap.top().ub > 0.0) take.push_back(heap.pop().idx);
       const int64_t empty = cap - live;
       if (empty < int64_t(take.size())) {
         // Evict the lowest fresh gains; their gains stay valid upper bounds.
@@ -769,7 +756,7 @@ GreedyOutput DenseSimilarityCuda::lazy_greedy(int64_t budget, int64_t batch,
           return slot_gain[a] < slot_gain[b] || (slot_gain[a] == slot_gain[b] && slot_idx[a] > slot_idx[b]);
         });
         for (int64_t q = 0; q < int64_t(take.size()) - empty; ++q) {
-          push(slot_gain[order[q]], slot_idx[order[q]]);
+          heap.push(slot_gain[order[q]], slot_idx[order[q]]);
           slot_idx[order[q]] = -1;
           --live;
         }
@@ -805,9 +792,9 @@ GreedyOutput DenseSimilarityCuda::lazy_greedy(int64_t budget, int64_t batch,
           pick_gain = slot_gain[q];
         }
     }
-    if (!heap.empty() && heap.front().ub <= 0.0 && (live == 0 || 0.0 >= best - tie_tolerance(best)) &&
-        (pick < 0 || heap.front().idx < pick)) {
-      pick = pop().idx;
+    if (!heap.empty() && heap.top().ub <= 0.0 && (live == 0 || 0.0 >= best - tie_tolerance(best)) &&
+        (pick < 0 || heap.top().idx < pick)) {
+      pick = heap.pop().idx;
       pick_slot = -1;
       pick_gain = 0.0;
     }

@@ -14,11 +14,13 @@
 // bound is >= G - tau; an upper bound of 0 is exact (gains are sums of non-negative terms).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace mads {
@@ -45,6 +47,39 @@ struct Entry {
 };
 struct EntryLess {
   bool operator()(const Entry& a, const Entry& b) const { return a.ub < b.ub || (a.ub == b.ub && a.idx > b.idx); }
+};
+
+// The lazy greedy's max-heap of upper bounds in EntryLess order (top: the largest bound, then the
+// lowest index), one type for every greedy loop so all pop candidates in the same order.
+class LazyHeap {
+ public:
+  LazyHeap() = default;
+  // One entry {bounds[j], j} per candidate j < n.
+  LazyHeap(const double* bounds, int64_t n) {
+    heap_.resize(size_t(n));
+    for (int64_t j = 0; j < n; ++j) heap_[size_t(j)] = {bounds[j], j};
+    std::make_heap(heap_.begin(), heap_.end(), EntryLess());
+  }
+  // Any entries, e.g. the exact gains after a full refresh.
+  explicit LazyHeap(std::vector<Entry> entries) : heap_(std::move(entries)) {
+    std::make_heap(heap_.begin(), heap_.end(), EntryLess());
+  }
+  bool empty() const { return heap_.empty(); }
+  int64_t size() const { return int64_t(heap_.size()); }
+  const Entry& top() const { return heap_.front(); }
+  Entry pop() {
+    std::pop_heap(heap_.begin(), heap_.end(), EntryLess());
+    const Entry e = heap_.back();
+    heap_.pop_back();
+    return e;
+  }
+  void push(double ub, int64_t idx) {
+    heap_.push_back({ub, idx});
+    std::push_heap(heap_.begin(), heap_.end(), EntryLess());
+  }
+
+ private:
+  std::vector<Entry> heap_;
 };
 
 struct GreedyOutput {
