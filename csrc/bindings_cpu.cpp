@@ -1,7 +1,6 @@
 // pybind11 bindings of the C++ solver: mads_fast._solver_cpu (private; the API is mads_fast.solver).
 // Inputs are validated in Python first; these checks only guard memory safety. Long calls release
 // the GIL; the progress callback re-acquires it briefly.
-#include <pybind11/functional.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -9,10 +8,14 @@
 #include <memory>
 #include <stdexcept>
 
+#include "bindings_common.h"
 #include "facility_location.h"
 
 namespace py = pybind11;
 using mads::DenseSimilarity;
+using mads::bindings::Progress;
+using mads::bindings::run_greedy;
+using mads::bindings::to_numpy;
 
 namespace {
 
@@ -28,44 +31,6 @@ std::unique_ptr<DenseSimilarity> make_dense(py::array X) {
   auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(X);
   py::gil_scoped_release release;
   return std::make_unique<DenseSimilarity>(a.data(), n, d);
-}
-
-template <class T>
-py::array_t<T> to_numpy(std::vector<T>&& v) {
-  auto* heap = new std::vector<T>(std::move(v));
-  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-  return py::array_t<T>({static_cast<py::ssize_t>(heap->size())}, {sizeof(T)}, heap->data(), owner);
-}
-
-std::function<void(int64_t)> callback(py::object progress) {
-  std::function<void(int64_t)> cb;
-  if (!progress.is_none()) {
-    cb = [progress](int64_t done) {
-      py::gil_scoped_acquire acquire;
-      progress(done);
-    };
-  }
-  return cb;
-}
-
-py::dict to_dict(mads::GreedyOutput&& r) {
-  py::dict d;
-  d["ranking"] = to_numpy(std::move(r.ranking));
-  d["gains"] = to_numpy(std::move(r.gains));
-  d["nearest"] = to_numpy(std::move(r.nearest));
-  d["nearest_similarity"] = to_numpy(std::move(r.nearest_similarity));
-  d["n_evaluations"] = r.n_evaluations;
-  d["n_passes"] = r.n_passes;
-  d["n_dense_evaluations"] = r.n_dense_evaluations;
-  d["multiply_adds"] = r.multiply_adds;
-  d["first_pass_multiply_adds"] = r.first_pass_multiply_adds;
-  d["n_repacks"] = r.n_repacks;
-  d["n_refreshes"] = r.n_refreshes;
-  d["first_pass_seconds"] = r.first_pass_seconds;
-  d["greedy_seconds"] = r.greedy_seconds;
-  d["unsaturated"] = to_numpy(std::move(r.unsaturated));
-  d["evaluations"] = to_numpy(std::move(r.evaluations));
-  return d;
 }
 
 }  // namespace
@@ -135,13 +100,7 @@ PYBIND11_MODULE(_solver_cpu, m) {
       .def(
           "lazy_greedy",
           [](const DenseSimilarity& s, int64_t budget, int64_t batch, py::object progress, int64_t graph_k) {
-            auto cb = callback(progress);
-            mads::GreedyOutput r;
-            {
-              py::gil_scoped_release release;
-              r = s.lazy_greedy(budget, batch, graph_k, cb);
-            }
-            return to_dict(std::move(r));
+            return run_greedy(progress, [&](const Progress& cb) { return s.lazy_greedy(budget, batch, graph_k, cb); });
           },
           py::arg("budget"), py::arg("batch") = 0, py::arg("progress") = py::none(),
           py::arg("graph_k") = mads::kDefaultGraphK,
@@ -149,13 +108,8 @@ PYBIND11_MODULE(_solver_cpu, m) {
       .def(
           "knn_lazy_greedy",
           [](const DenseSimilarity& s, int64_t budget, int64_t n_neighbors, int64_t batch, py::object progress) {
-            auto cb = callback(progress);
-            mads::GreedyOutput r;
-            {
-              py::gil_scoped_release release;
-              r = s.knn_lazy_greedy(budget, n_neighbors, batch, cb);
-            }
-            return to_dict(std::move(r));
+            return run_greedy(progress,
+                              [&](const Progress& cb) { return s.knn_lazy_greedy(budget, n_neighbors, batch, cb); });
           },
           py::arg("budget"), py::arg("n_neighbors"), py::arg("batch") = 0, py::arg("progress") = py::none(),
           "exact lazy greedy on the top-n_neighbors graph (gains and nearest on the graph)");

@@ -3,7 +3,6 @@
 // lazy_greedy), plus device input: any object with __cuda_array_interface__ (torch CUDA tensors, CuPy
 // arrays) is read in place on its own device, never copied through the host. Inputs are validated in
 // Python first; these checks only guard memory safety. Long calls release the GIL.
-#include <pybind11/functional.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -12,9 +11,12 @@
 #include <stdexcept>
 #include <string>
 
+#include "bindings_common.h"
 #include "facility_location.cuh"
 
 namespace py = pybind11;
+using mads::bindings::Progress;
+using mads::bindings::run_greedy;
 using mads::cuda::DenseSimilarityCuda;
 
 namespace {
@@ -88,13 +90,6 @@ std::unique_ptr<PyDense> make_dense(const py::object& X, const std::string& prec
   py::gil_scoped_release release;
   out->impl = std::make_unique<DenseSimilarityCuda>(mat, precision, scratch_bytes);
   return out;
-}
-
-template <class T>
-py::array_t<T> to_numpy(std::vector<T>&& v) {
-  auto* heap = new std::vector<T>(std::move(v));
-  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-  return py::array_t<T>({static_cast<py::ssize_t>(heap->size())}, {sizeof(T)}, heap->data(), owner);
 }
 
 using IndexArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
@@ -175,26 +170,7 @@ PYBIND11_MODULE(_solver_cuda, m) {
       .def(
           "lazy_greedy",
           [](PyDense& s, int64_t budget, int64_t batch, py::object progress) {
-            std::function<void(int64_t)> cb;
-            if (!progress.is_none()) {
-              cb = [progress](int64_t done) {
-                py::gil_scoped_acquire acquire;
-                progress(done);
-              };
-            }
-            mads::GreedyOutput r;
-            {
-              py::gil_scoped_release release;
-              r = s.impl->lazy_greedy(budget, batch, cb);
-            }
-            py::dict d;
-            d["ranking"] = to_numpy(std::move(r.ranking));
-            d["gains"] = to_numpy(std::move(r.gains));
-            d["nearest"] = to_numpy(std::move(r.nearest));
-            d["nearest_similarity"] = to_numpy(std::move(r.nearest_similarity));
-            d["n_evaluations"] = r.n_evaluations;
-            d["n_passes"] = r.n_passes;
-            return d;
+            return run_greedy(progress, [&](const Progress& cb) { return s.impl->lazy_greedy(budget, batch, cb); });
           },
           py::arg("budget"), py::arg("batch") = 0, py::arg("progress") = py::none());
 }

@@ -29,6 +29,7 @@
 #include <cub/device/device_select.cuh>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -719,13 +720,19 @@ GreedyOutput DenseSimilarityCuda::lazy_greedy(int64_t budget, int64_t batch,
   iota_kernel<<<grid_for(n), kThreads, 0, s.stream>>>(iota.get(), n);
   MADS_LAUNCHED("iota_kernel");
 
+  // Host wall clock around synchronised work: column_sums and the final copies end with a stream sync.
+  using clock = std::chrono::steady_clock;
+  const auto t_start = clock::now();
   GreedyOutput out;
   out.ranking.reserve(budget);
   out.gains.reserve(budget);
+  out.evaluations.reserve(budget);
   std::vector<double> bounds(n);
   column_sums(bounds.data());
   out.n_evaluations = n;
   out.n_passes = 1;
+  const auto t_first = clock::now();
+  out.first_pass_seconds = std::chrono::duration<double>(t_first - t_start).count();
   LazyHeap heap(bounds.data(), n);
 
   std::vector<int64_t> slot_idx(cap, -1);
@@ -831,6 +838,7 @@ GreedyOutput DenseSimilarityCuda::lazy_greedy(int64_t budget, int64_t batch,
     }
     out.ranking.push_back(pick);
     out.gains.push_back(pick_gain);
+    out.evaluations.push_back(out.n_evaluations);
     if (progress && ((step + 1) % report == 0 || step + 1 == budget)) progress(step + 1);
   }
   out.nearest.resize(n);
@@ -839,6 +847,7 @@ GreedyOutput DenseSimilarityCuda::lazy_greedy(int64_t budget, int64_t batch,
   MADS_CUDA(cudaMemcpyAsync(out.nearest_similarity.data(), cur.get(), n * sizeof(float), cudaMemcpyDeviceToHost,
                             s.stream));
   s.sync();
+  out.greedy_seconds = std::chrono::duration<double>(clock::now() - t_first).count();
   return out;
 }
 

@@ -73,6 +73,7 @@ class DenseSimilarityCuda {
   // out [n]: sum_i s(i, j) for every j (the first pass), in column tiles of at most scratch_bytes.
   void column_sums(double* out);
   // Exact lazy greedy: `batch` stale candidates per GEMM (0 = 128), multi-pick from the kept columns.
+  // Of the profile it fills first_pass_seconds, greedy_seconds and evaluations (the rest stay 0 / empty).
   GreedyOutput lazy_greedy(int64_t budget, int64_t batch, const std::function<void(int64_t)>& progress);
 
  private:
