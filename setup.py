@@ -72,6 +72,7 @@ if build_cpu is None or build_cpu:
             "mads_fast._solver_cpu",
             sources=["csrc/facility_location.cpp", "csrc/bindings_cpu.cpp"],
             include_dirs=["csrc"],
+            depends=sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.h")),  # rebuild on a header
             cxx_std=17,
             extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno"],
             extra_link_args=["-fopenmp"],
