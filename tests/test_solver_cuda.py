@@ -220,6 +220,19 @@ def test_engine_columns_and_sums_match_numpy(cuda):
 
 
 @pytest.mark.gpu
+def test_lazy_greedy_returns_the_cpp_dict(cuda):
+    # One GreedyOutput -> dict conversion (csrc/bindings_common.h): every profile field, here too.
+    X = make("clustered", 700, 24, "float32", seed=4)
+    out = cuda.CudaDense(X)._impl.lazy_greedy(50)
+    if "cpp" in available_backends():
+        from mads_fast.solver._backends import load_native
+
+        assert set(out) == set(load_native("cpp").DenseSimilarity(X).lazy_greedy(50))
+    assert out["first_pass_seconds"] > 0 and out["greedy_seconds"] > 0
+    assert out["evaluations"].shape == (50,) and out["evaluations"][-1] == out["n_evaluations"]
+
+
+@pytest.mark.gpu
 def test_gains_are_bitwise_reproducible(cuda):
     X = make("clustered", 5000, 64, "float32", seed=9)
     a = cuda.CudaDense(X).lazy_greedy(500)

@@ -230,6 +230,13 @@ def test_numpy_similarity_matches_native_bits_for_int8():
     np.testing.assert_array_equal(cols, ref)
 
 
+def test_int8_width_limit():
+    # kInt8MaxDim (facility_location.h): the widest int8 rows whose dot products stay exact in int32.
+    assert engine(np.ones((2, 65000), np.int8)).d == 65000
+    with pytest.raises(ValueError, match=r"int8 features need D <= 65000 \(exact int32 dot products\)"):
+        engine(np.ones((2, 65001), np.int8))
+
+
 @pytest.mark.parametrize("graph_k", [0, 8])
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
 def test_full_refresh_keeps_picks_exact(graph_k, dtype):
