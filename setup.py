@@ -6,6 +6,8 @@
   ``MADS_FAST_BUILD_CUDA=1`` forces it (and fails loudly without nvcc), ``=0`` skips it, unset builds it when
   ``nvcc`` is found.
 
+Both compile csrc/graph_greedy.cpp (host C++: the greedy over a given kNN graph, ``graph_lazy_greedy``).
+
 The top-level ``kernels/`` folder installs as ``mads_fast.kernels`` so that no package named ``kernels`` lands
 in site-packages.
 """
@@ -70,7 +72,7 @@ if build_cpu is None or build_cpu:
     ext_modules.append(
         Pybind11Extension(
             "mads_fast._solver_cpu",
-            sources=["csrc/facility_location.cpp", "csrc/bindings_cpu.cpp"],
+            sources=["csrc/facility_location.cpp", "csrc/graph_greedy.cpp", "csrc/bindings_cpu.cpp"],
             include_dirs=["csrc"],
             depends=sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.h")),  # rebuild on a header
             cxx_std=17,
@@ -118,7 +120,8 @@ class BuildExt(build_ext):
             *gencode,
             f"-I{ROOT / 'csrc'}", f"-I{blas_include}", f"-I{pybind11.get_include()}",
             f"-I{sysconfig.get_paths()['include']}",
-            str(ROOT / "csrc" / "facility_location.cu"), str(ROOT / "csrc" / "bindings_cuda.cpp"),
+            str(ROOT / "csrc" / "facility_location.cu"), str(ROOT / "csrc" / "graph_greedy.cpp"),
+            str(ROOT / "csrc" / "bindings_cuda.cpp"),
             "-cudart=static", f"-Xlinker={blas_lib}", f"-Xlinker=-rpath,{Path(blas_lib).parent}", "-o", str(target),
         ]
         print("building mads_fast._solver_cuda:", " ".join(cmd), file=sys.stderr)

@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 
 #include <functional>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 
@@ -74,6 +75,31 @@ py::dict run_greedy(py::object progress, Solve&& solve) {
   }
   return to_dict(std::move(r));
 }
+
+// Module-level graph_lazy_greedy(neighbors int64 [N, W], sims float32 [N, W], budget, batch, progress) of
+// both modules (host C++, graph_greedy.cpp): dtypes and shapes are checked here, indices and values there.
+inline py::dict graph_lazy_greedy(py::array neighbors, py::array sims, int64_t budget, int64_t batch,
+                                  py::object progress) {
+  if (neighbors.ndim() != 2 || neighbors.dtype().kind() != 'i' || neighbors.itemsize() != 8)
+    throw std::invalid_argument("neighbors must be a 2-D int64 array [N, W]");
+  if (sims.ndim() != 2 || sims.dtype().kind() != 'f' || sims.itemsize() != 4)
+    throw std::invalid_argument("sims must be a 2-D float32 array [N, W]");
+  if (sims.shape(0) != neighbors.shape(0) || sims.shape(1) != neighbors.shape(1))
+    throw std::invalid_argument("sims must have the shape of neighbors [N, W]");
+  constexpr int kFlags = py::array::c_style | py::array::forcecast;
+  const auto idx = py::array_t<int64_t, kFlags>::ensure(neighbors);
+  const auto val = py::array_t<float, kFlags>::ensure(sims);
+  const int64_t n = idx.shape(0), w = idx.shape(1);
+  return run_greedy(std::move(progress), [&](const Progress& cb) {
+    return mads::graph_lazy_greedy(idx.data(), val.data(), n, w, budget, batch, cb);
+  });
+}
+
+// Its docstring, the same in both modules.
+constexpr const char* kGraphLazyGreedyDoc =
+    "exact lazy greedy of f(S) = sum_i max_{j in S} W[i, j] on a given graph: W[i, neighbors[i, t]] = "
+    "sims[i, t] (row i lists itself first, then its neighbours), 0 elsewhere; the dict of "
+    "DenseSimilarity.lazy_greedy, with the picks of mads_fast.solver._lazy.lazy_greedy over a SparseOracle";
 
 }  // namespace bindings
 }  // namespace mads

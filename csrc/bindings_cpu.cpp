@@ -1,6 +1,7 @@
 // pybind11 bindings of the C++ solver: mads_fast._solver_cpu (private; the API is mads_fast.solver).
-// Inputs are validated in Python first; these checks only guard memory safety. Long calls release
-// the GIL; the progress callback re-acquires it briefly.
+// DenseSimilarity's inputs are validated in Python first; its checks here only guard memory safety.
+// graph_lazy_greedy (bindings_common.h, also in the CUDA module) checks its whole input itself. Long
+// calls release the GIL; the progress callback re-acquires it briefly.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -40,6 +41,8 @@ PYBIND11_MODULE(_solver_cpu, m) {
   m.attr("TIE_ABS") = mads::kTieAbs;
   m.attr("TIE_REL") = mads::kTieRel;
   m.attr("DEFAULT_GRAPH_K") = mads::kDefaultGraphK;
+  m.def("graph_lazy_greedy", &mads::bindings::graph_lazy_greedy, py::arg("neighbors"), py::arg("sims"),
+        py::arg("budget"), py::arg("batch") = 0, py::arg("progress") = py::none(), mads::bindings::kGraphLazyGreedyDoc);
   py::class_<DenseSimilarity>(m, "DenseSimilarity")
       .def(py::init(&make_dense), py::arg("X"))
       .def_property_readonly("kernel", [](const DenseSimilarity& s) { return s.kernel(); })

@@ -1,8 +1,9 @@
 // pybind11 bindings of the CUDA solver: mads_fast._solver_cuda (private; the API is mads_fast.solver).
 // Same surface as mads_fast._solver_cpu (DenseSimilarity with kernel, columns, column_sums,
-// lazy_greedy), plus device input: any object with __cuda_array_interface__ (torch CUDA tensors, CuPy
-// arrays) is read in place on its own device, never copied through the host. Inputs are validated in
-// Python first; these checks only guard memory safety. Long calls release the GIL.
+// lazy_greedy; the host-side graph_lazy_greedy), plus device input: any object with
+// __cuda_array_interface__ (torch CUDA tensors, CuPy arrays) is read in place on its own device, never
+// copied through the host. DenseSimilarity's inputs are validated in Python first; these checks only
+// guard memory safety (graph_lazy_greedy checks its whole input itself). Long calls release the GIL.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -105,6 +106,8 @@ PYBIND11_MODULE(_solver_cuda, m) {
   m.attr("TIE_ABS") = mads::kTieAbs;
   m.attr("TIE_REL") = mads::kTieRel;
   m.def("device_count", &mads::cuda::device_count, "visible CUDA devices (0 without a driver or device)");
+  m.def("graph_lazy_greedy", &mads::bindings::graph_lazy_greedy, py::arg("neighbors"), py::arg("sims"),
+        py::arg("budget"), py::arg("batch") = 0, py::arg("progress") = py::none(), mads::bindings::kGraphLazyGreedyDoc);
   m.def(
       "versions",
       [](int device) {

@@ -118,6 +118,33 @@ struct NeighborGraph {
 
 constexpr int64_t kDefaultGraphK = 64;     // top-K width of the dense solver's saturation graph
 
+// A coverage graph stored by candidate (CSC): candidate c covers the rows row[ptr[c]] .. row[ptr[c+1] - 1]
+// (each row at most once per candidate, ascending) with weights w >= 0; W[i, c] is that weight, 0 for
+// rows c does not cover. A NeighborGraph's reverse adjacency is one (ptr = rptr, row = rrow, w = rsim).
+struct CoverageGraph {
+  int64_t n = 0;                 // rows = candidates
+  const int64_t* ptr = nullptr;  // [n + 1]
+  const int32_t* row = nullptr;  // [ptr[n]]
+  const float* w = nullptr;      // [ptr[n]]
+};
+
+// Exact lazy greedy of f(S) = sum_i max_{j in S} W[i, j] on a graph (graph_greedy.cpp): the algorithm of
+// mads_fast/solver/_lazy.py over a SparseOracle, natively. The first bounds are the column sums of W;
+// each round pops up to `batch` candidates (0 = 1) while the best bound is > 0 and, once a gain is
+// fresh, >= G - tau; the pick is the tie rule's over the fresh gains and the lowest-index zero bound;
+// the other fresh gains go back as bounds. nearest: the first pick is every row's nearest until a
+// strictly larger W[i, pick] arrives (rows no pick covers keep it, with similarity 0). Fills ranking,
+// gains, nearest, nearest_similarity, n_evaluations (the N bounds included), evaluations,
+// unsaturated (0: every row is on the graph) and greedy_seconds; n_passes 0 (X is never read).
+GreedyOutput graph_lazy_greedy(const CoverageGraph& g, int64_t budget, int64_t batch,
+                               const std::function<void(int64_t)>& progress);
+// The same from row lists: row i covers the columns neighbors[i, t] with W[i, neighbors[i, t]] = sims[i, t]
+// (both [n, w] row-major; i itself first, then its neighbours, by convention only). Throws
+// std::out_of_range for an index outside [0, n), std::invalid_argument for a column listed twice in a
+// row, a negative or non-finite similarity, n >= 2^31, budget outside [1, n] or batch < 0.
+GreedyOutput graph_lazy_greedy(const int64_t* neighbors, const float* sims, int64_t n, int64_t w, int64_t budget,
+                               int64_t batch, const std::function<void(int64_t)>& progress);
+
 // Dense cosine similarity computed on the fly from X; never holds an N x N matrix.
 class DenseSimilarity {
  public:

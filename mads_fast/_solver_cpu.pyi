@@ -7,6 +7,15 @@ TIE_ABS: float
 TIE_REL: float
 DEFAULT_GRAPH_K: int
 
+def graph_lazy_greedy(neighbors: np.ndarray, sims: np.ndarray, budget: int, batch: int = 0,
+                      progress: Optional[Callable[[int], Any]] = None) -> Dict[str, Any]:
+    """exact lazy greedy on a given graph: W[i, neighbors[i, t]] = sims[i, t] (neighbors int64 [N, W], row i
+    itself first, then its neighbours; sims float32 [N, W], finite, >= 0; no column twice in a row), 0
+    elsewhere; f(S) = sum_i max_{j in S} W[i, j]. The picks, gains, nearest and nearest_similarity of
+    mads_fast.solver._lazy.lazy_greedy over SparseOracle(neighbors, sims) with the same batch (0 = 1), in the
+    dict of DenseSimilarity.lazy_greedy. Raises ValueError for a bad dtype, shape, value or budget and
+    IndexError for a neighbour index outside [0, N)."""
+
 class DenseSimilarity:
     """Cosine similarities of the rows of X (float32 or int8 [N, D]), computed on the fly."""
     def __init__(self, X: np.ndarray) -> None: ...

@@ -10,6 +10,10 @@ def device_count() -> int:
     """visible CUDA devices (0 without a driver or device)"""
 def versions(device: int = 0) -> Dict[str, Any]:
     """driver, runtime, cublas, device_name, compute_capability, total_memory"""
+def graph_lazy_greedy(neighbors: np.ndarray, sims: np.ndarray, budget: int, batch: int = 0,
+                      progress: Optional[Callable[[int], Any]] = None) -> Dict[str, Any]:
+    """the host C++ function of _solver_cpu.graph_lazy_greedy (see that stub), built into this module too: it
+    needs no GPU"""
 
 class DenseSimilarity:
     """Cosine similarities of GPU-resident features (host or device input), computed with cuBLAS GEMMs."""
@@ -36,4 +40,6 @@ class DenseSimilarity:
     def columns_device(self, idx: np.ndarray, out: int, ld: int, stream: int = 0) -> None: ...
     def column_sums(self) -> np.ndarray: ...
     def lazy_greedy(self, budget: int, batch: int = 0,
-                    progress: Optional[Callable[[int], Any]] = None) -> Dict[str, Any]: ...
+                    progress: Optional[Callable[[int], Any]] = None) -> Dict[str, Any]:
+        """exact lazy greedy: the dict of the C++ module's (ranking, gains, nearest, nearest_similarity and
+        the profile; of it only first_pass_seconds, greedy_seconds and evaluations are filled here)"""

@@ -72,6 +72,10 @@ def test_cpu_stub_matches_compiled_module():
     stub = _stub("_solver_cpu")
     public = {n for n in dir(mod) if not n.startswith("_")}
     assert public == set(stub) - {"module"} | set(stub["module"])
+    for name, params in stub["module"].items():      # module-level functions: their parameter names
+        if params is not None:
+            doc = getattr(mod, name).__doc__.splitlines()[0]
+            assert re.findall(r"(?:\(|,\s)(\w+):", doc) == params, name
     cls = mod.DenseSimilarity
     assert {n for n in dir(cls) if not n.startswith("_")} == set(stub["DenseSimilarity"]) - {"__init__"}
     for name, params in stub["DenseSimilarity"].items():
