@@ -115,5 +115,6 @@ PYBIND11_MODULE(_solver_cpu, m) {
                               [&](const Progress& cb) { return s.knn_lazy_greedy(budget, n_neighbors, batch, cb); });
           },
           py::arg("budget"), py::arg("n_neighbors"), py::arg("batch") = 0, py::arg("progress") = py::none(),
-          "exact lazy greedy on the top-n_neighbors graph (gains and nearest on the graph)");
+          "exact lazy greedy on the top-n_neighbors graph (gains and nearest on the graph): graph_lazy_greedy on "
+          "neighbor_graph(n_neighbors), the first pass in the profile");
 }

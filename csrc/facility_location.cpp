@@ -657,27 +657,41 @@ int64_t DenseSimilarity::sym_pass(const float* cur, int64_t k, double* out, Neig
 // ---------------------------------------------------------------- lazy greedy
 GreedyOutput DenseSimilarity::lazy_greedy(int64_t budget, int64_t batch,
                                           const std::function<void(int64_t)>& progress) const {
-  return greedy(budget, batch, kDefaultGraphK, false, progress);
+  return greedy(budget, batch, kDefaultGraphK, progress);
 }
 
 GreedyOutput DenseSimilarity::lazy_greedy(int64_t budget, int64_t batch, int64_t graph_k,
                                           const std::function<void(int64_t)>& progress) const {
   if (graph_k < 0) throw std::invalid_argument("graph_k must be >= 0");
-  return greedy(budget, batch, graph_k, false, progress);
+  return greedy(budget, batch, graph_k, progress);
 }
 
 GreedyOutput DenseSimilarity::knn_lazy_greedy(int64_t budget, int64_t n_neighbors, int64_t batch,
                                               const std::function<void(int64_t)>& progress) const {
   if (n_neighbors < 1) throw std::invalid_argument("n_neighbors must be >= 1");
-  return greedy(budget, batch, n_neighbors, true, progress);
+  if (budget < 1 || budget > n_) throw std::invalid_argument("budget must be in [1, N]");
+  // The first pass's graph, then the greedy on it: W[i, c] = s(i, c) for the c that row i lists.
+  using clock = std::chrono::steady_clock;
+  const auto t_start = clock::now();
+  std::vector<double> sums(n_);
+  NeighborGraph g;
+  const int64_t madds = first_pass(n_neighbors, sums.data(), &g);
+  const double first_seconds = std::chrono::duration<double>(clock::now() - t_start).count();
+  GreedyOutput out = graph_lazy_greedy(CoverageGraph{n_, g.rptr.data(), g.rrow.data(), g.rsim.data()}, budget,
+                                       batch < 0 ? 0 : batch, progress);
+  out.first_pass_multiply_adds = madds;
+  out.multiply_adds = madds;
+  out.n_passes = 1;
+  out.first_pass_seconds = first_seconds;
+  return out;
 }
 
-GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t graph_k, bool knn,
+GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t graph_k,
                                      const std::function<void(int64_t)>& progress) const {
   if (budget < 1 || budget > n_) throw std::invalid_argument("budget must be in [1, N]");
   using clock = std::chrono::steady_clock;
   const auto t_start = clock::now();
-  const bool use_graph = knn || graph_k > 0;
+  const bool use_graph = graph_k > 0;
   const int64_t m = batch > 0 ? batch : 48;
   GreedyOutput out;
   out.ranking.reserve(budget);
@@ -689,23 +703,15 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
   NeighborGraph g;
   out.first_pass_multiply_adds = first_pass(use_graph ? graph_k : 0, bounds.data(), use_graph ? &g : nullptr);
   out.multiply_adds = out.first_pass_multiply_adds;
-  if (knn) {  // gains on the graph: W[i, c] = s(i, c) for listed c only
-    for (int64_t c = 0; c < n_; ++c) {
-      double s = 0.0;
-      for (int64_t e = g.rptr[c]; e < g.rptr[c + 1]; ++e) s += g.rsim[e];
-      bounds[c] = s;
-    }
-  }
   out.n_evaluations = n_;
   out.n_passes = 1;
   const auto t_first = clock::now();
   out.first_pass_seconds = std::chrono::duration<double>(t_first - t_start).count();
 
   const int64_t w = g.k + 1;
-  // Row i is saturated once cur_i >= thr_i: no graph keeps every row dense, knn makes every row sparse.
-  const float inf = std::numeric_limits<float>::infinity();
-  std::vector<float> thr(n_, knn ? -inf : inf);
-  if (use_graph && !knn) std::copy(g.threshold.begin(), g.threshold.end(), thr.begin());
+  // Row i is saturated once cur_i >= thr_i: without a graph every row stays dense.
+  std::vector<float> thr(n_, std::numeric_limits<float>::infinity());
+  if (use_graph) std::copy(g.threshold.begin(), g.threshold.end(), thr.begin());
   std::vector<float> cur(n_, 0.f);
   out.nearest.assign(n_, 0);
   std::vector<uint8_t> sat(n_, 0);

@@ -168,6 +168,8 @@ class DenseSimilarity {
   GreedyOutput lazy_greedy(int64_t budget, int64_t batch, int64_t graph_k,
                            const std::function<void(int64_t)>& progress) const;
   // Lazy greedy on the kNN graph itself (W[i, c] = s(i, c) for listed c, else 0): approximate by design.
+  // The first pass's top-n_neighbors graph, then graph_lazy_greedy on it (batch 0 = 1); the profile adds
+  // the first pass (n_passes 1, its multiply-adds and seconds).
   GreedyOutput knn_lazy_greedy(int64_t budget, int64_t n_neighbors, int64_t batch,
                                const std::function<void(int64_t)>& progress) const;
   // First pass: column sums (out [n], as column_sums) and, when graph is not null, the top-k graph.
@@ -178,7 +180,7 @@ class DenseSimilarity {
   void block(const int64_t* idx, int64_t m, const float* cur, float* const* dst, double* gains) const;
 
  private:
-  GreedyOutput greedy(int64_t budget, int64_t batch, int64_t graph_k, bool knn,
+  GreedyOutput greedy(int64_t budget, int64_t batch, int64_t graph_k,
                       const std::function<void(int64_t)>& progress) const;
   // Triangular pass: column sums (cur null) or clipped gains against cur [npad] (see the .cpp).
   int64_t sym_pass(const float* cur, int64_t k, double* out, NeighborGraph* graph) const;

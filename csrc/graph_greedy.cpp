@@ -1,5 +1,6 @@
 // Lazy greedy on a given coverage graph (see facility_location.h): host C++ only, compiled into both
-// native modules.
+// native modules, and the C++ backend's kNN mode (DenseSimilarity::knn_lazy_greedy) once its first
+// pass has built the graph.
 //
 // It runs the reference's steps (mads_fast/solver/_lazy.py over _oracles.SparseOracle) in the same
 // order: the same heap order (LazyHeap), the same rounds of `batch` pops, the same tie set, so the

@@ -37,4 +37,5 @@ class DenseSimilarity:
         """exact lazy greedy: ranking, gains, nearest, nearest_similarity and the run's profile"""
     def knn_lazy_greedy(self, budget: int, n_neighbors: int, batch: int = 0,
                         progress: Optional[Callable[[int], Any]] = None) -> Dict[str, Any]:
-        """exact lazy greedy on the top-n_neighbors graph"""
+        """exact lazy greedy on the top-n_neighbors graph: graph_lazy_greedy on neighbor_graph(n_neighbors),
+        with the first pass in the profile"""
