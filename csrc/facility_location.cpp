@@ -831,7 +831,6 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
   std::vector<float> old_eff, new_eff, sat_old;
   std::vector<int64_t> live_slots, stale, order;
   const bool avx = isa_ != 0;
-  const int64_t report = std::max<int64_t>(1, budget / 200);
 
   auto gain_of = [&](int64_t s) { return slot_dense[s] + slot_sparse[s]; };
   auto sparse_gain = [&](int64_t c) {
@@ -1142,11 +1141,9 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
         repack();
       }
     }
-    out.ranking.push_back(pick);
-    out.gains.push_back(pick_gain);
+    out.add_pick(pick, pick_gain);
     out.unsaturated.push_back(u);
-    out.evaluations.push_back(out.n_evaluations);
-    if (progress && ((step + 1) % report == 0 || step + 1 == budget)) progress(step + 1);
+    report_progress(progress, step + 1, budget);
   }
   out.nearest_similarity.assign(cur.begin(), cur.end());
   out.greedy_seconds = std::chrono::duration<double>(clock::now() - t_first).count();

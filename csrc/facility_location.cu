@@ -739,7 +739,6 @@ GreedyOutput DenseSimilarityCuda::lazy_greedy(int64_t budget, int64_t batch,
   std::vector<double> slot_gain(cap, 0.0);
   std::vector<int64_t> take;
   std::vector<int> take_slot, live_slots;
-  const int64_t report = std::max<int64_t>(1, budget / 200);
 
   for (int64_t step = 0; step < budget; ++step) {
     double best = -std::numeric_limits<double>::infinity();
@@ -836,10 +835,8 @@ GreedyOutput DenseSimilarityCuda::lazy_greedy(int64_t budget, int64_t batch,
       apply_pick_kernel<<<grid_for(n), kThreads, 0, s.stream>>>(nullptr, cur.get(), nearest.get(), n, pick, 1);
       MADS_LAUNCHED("apply_pick_kernel");
     }
-    out.ranking.push_back(pick);
-    out.gains.push_back(pick_gain);
-    out.evaluations.push_back(out.n_evaluations);
-    if (progress && ((step + 1) % report == 0 || step + 1 == budget)) progress(step + 1);
+    out.add_pick(pick, pick_gain);
+    report_progress(progress, step + 1, budget);
   }
   out.nearest.resize(n);
   out.nearest_similarity.resize(n);

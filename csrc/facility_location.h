@@ -99,7 +99,20 @@ struct GreedyOutput {
   double greedy_seconds = 0.0;             // everything after the first pass
   std::vector<int64_t> unsaturated;        // [k] rows still unsaturated after each pick
   std::vector<int64_t> evaluations;        // [k] n_evaluations after each pick
+
+  // Records one pick of a greedy loop: its index, its gain and the evaluations so far.
+  void add_pick(int64_t pick, double gain) {
+    ranking.push_back(pick);
+    gains.push_back(gain);
+    evaluations.push_back(n_evaluations);
+  }
 };
+
+// The progress cadence of every native greedy loop: progress(done) about 200 times over `budget`
+// picks, and always after the last one.
+inline void report_progress(const std::function<void(int64_t)>& progress, int64_t done, int64_t budget) {
+  if (progress && (done % std::max<int64_t>(1, budget / 200) == 0 || done == budget)) progress(done);
+}
 
 // Top-K neighbour graph of the first pass. Row i lists itself first, then its k most similar other rows
 // (similarity desc, ties to the lowest index; kept in ascending index order). threshold[i] is the k-th

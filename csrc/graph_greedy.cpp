@@ -53,7 +53,6 @@ GreedyOutput graph_lazy_greedy(const CoverageGraph& g, int64_t budget, int64_t b
 
   std::vector<Entry> fresh;  // {exact gain against cur, candidate} of this step, in evaluation order
   std::vector<int64_t> take;
-  const int64_t report = std::max<int64_t>(1, budget / 200);
   for (int64_t step = 0; step < budget; ++step) {
     fresh.clear();
     double best = -std::numeric_limits<double>::infinity();
@@ -100,10 +99,8 @@ GreedyOutput graph_lazy_greedy(const CoverageGraph& g, int64_t budget, int64_t b
         out.nearest[r] = pick;
       }
     }
-    out.ranking.push_back(pick);
-    out.gains.push_back(pick_gain);
-    out.evaluations.push_back(out.n_evaluations);
-    if (progress && ((step + 1) % report == 0 || step + 1 == budget)) progress(step + 1);
+    out.add_pick(pick, pick_gain);
+    report_progress(progress, step + 1, budget);
   }
   out.nearest_similarity.assign(cur.begin(), cur.end());
   out.greedy_seconds = std::chrono::duration<double>(clock::now() - t_start).count();
