@@ -1,7 +1,9 @@
 """Coverage solver: facility location (exact lazy / stochastic greedy, dense or kNN) and k-center.
 
-Backends: ``numpy`` (the reference), ``cpp`` (``mads_fast._solver_cpu``), ``cuda``
-(``mads_fast._solver_cuda``). Importing this package loads no native module; they load on first use.
+Each backend is an engine behind one interface (``_engine.Engine``), one module each: ``_numpy_impl``
+(the reference), ``_cpp`` (``mads_fast._solver_cpu``), ``_cuda`` (``mads_fast._solver_cuda``);
+``_backends`` discovers and resolves them. Importing this package loads no native module (``_native``
+loads them on first use) and no torch.
 """
 from ._backends import available_backends
 from ._tie import TIE_ABS, TIE_REL, tie_tolerance

@@ -1,15 +1,15 @@
-"""CUDA glue: device-resident input and the GPU kNN graph for the ``cuda`` backend.
+"""The CUDA engine: device-resident input, the ``Engine`` interface over ``mads_fast._solver_cuda``, the GPU kNN graph.
 
 ``mads_fast._solver_cuda.DenseSimilarity`` takes a NumPy array (copied to the device once) or any
 object exposing ``__cuda_array_interface__`` (torch CUDA tensors, CuPy arrays), which it reads in
 place on its own device: int8 rows with a 16-byte aligned stride are not even copied (``borrowed``);
 float rows are normalised device to device into the GEMM precision. This module puts device input in
 that form without a host round trip (DLPack-only arrays go through torch or CuPy, still on the
-device), wraps the engine behind the methods of ``NumpyDense``/``NativeDense``, and builds the top-k
-neighbour graph on the GPU: similarity rows straight into a torch buffer, ``torch.topk``, and exact
-lowest-index tie handling at the k-th value, the rule of ``_knn.knn_graph``. The lazy greedy over that
-graph then runs on the host (``SparseOracle`` + the reference ``lazy_greedy``): it touches K+1 entries
-per evaluation, so the GPU buys little there.
+device), implements ``_engine.Engine`` as ``CudaEngine``, and builds the top-k neighbour graph on the
+GPU: similarity rows straight into a torch buffer, ``torch.topk``, and exact lowest-index tie handling
+at the k-th value, the rule of ``_knn.knn_graph_reference``. The lazy greedy over that graph runs in
+the module's native host code (``graph_lazy_greedy``, the same source as the C++ module's): it touches
+K+1 entries per evaluation, so the GPU buys little there.
 """
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ import numpy as np
 
 from mads_fast.errors import InputError
 
-from ._backends import load_native
-from ._result import GreedyResult
+from ._inputs import as_features
+from ._native import load_native
+from ._result import GreedyResult, result_from
 
 PRECISIONS = ("auto", "fp32", "tf32", "fp16", "bf16")
 KNN_BLOCK_BYTES = 1 << 30  # similarity rows held at once by knn_graph_cuda (float32 [rows, N])
@@ -114,8 +115,8 @@ def as_device_features(X):
     return X
 
 
-class CudaDense:
-    """``mads_fast._solver_cuda.DenseSimilarity`` behind the methods of ``NumpyDense``.
+class CudaEngine:
+    """``mads_fast._solver_cuda.DenseSimilarity`` behind the ``Engine`` interface.
 
     ``X``: NumPy [N, D] float32/int8 (validated by ``_inputs.as_features``) or a CUDA array.
     ``precision``: "auto" (exact: fp32 for float input, int8 x int8 -> int32 for int8 input), or for float
@@ -124,6 +125,13 @@ class CudaDense:
     """
 
     name = "cuda"
+    default_batch = 0  # 0: the module's own default (csrc/facility_location.cu)
+
+    @classmethod
+    def prepare(cls, X):
+        """A GPU-resident X (torch CUDA tensor, CuPy array) stays on its device (no host copy); host input
+        goes through ``as_features``."""
+        return as_device_features(X) if is_device_array(X) else as_features(X)
 
     def __init__(self, X, precision: str = "auto", scratch_bytes: int = 0):
         if not isinstance(precision, str) or precision not in PRECISIONS:
@@ -179,9 +187,15 @@ class CudaDense:
         return self._impl.column_sums()
 
     def lazy_greedy(self, budget: int, batch_size=None, progress=None) -> GreedyResult:
-        out = self._impl.lazy_greedy(int(budget), int(batch_size or 0), progress)
-        return GreedyResult(out["ranking"], out["gains"], out["nearest"], out["nearest_similarity"],
-                            int(out["n_evaluations"]), int(out["n_passes"]))
+        return result_from(self._impl.lazy_greedy(int(budget), int(batch_size or self.default_batch), progress))
+
+    def knn_graph(self, n_neighbors: int):
+        return knn_graph_cuda(self, n_neighbors)
+
+    def knn_lazy_greedy(self, budget: int, n_neighbors: int, batch_size=None, progress=None) -> GreedyResult:
+        neighbors, sims = self.knn_graph(n_neighbors)
+        out = load_native("cuda").graph_lazy_greedy(neighbors, sims, int(budget), int(batch_size or 0), progress)
+        return result_from(out)
 
 
 def _keep_lowest_ties(S, kth, k: int):
@@ -195,8 +209,8 @@ def _keep_lowest_ties(S, kth, k: int):
     return keep.nonzero()[:, 1].reshape(S.shape[0], k)  # row-major: ascending per row
 
 
-def knn_graph_cuda(engine: CudaDense, n_neighbors: int, block_bytes: int = KNN_BLOCK_BYTES):
-    """``_knn.knn_graph`` on the GPU: (neighbors int64 [N, K+1], sims float32 [N, K+1]) on the host.
+def knn_graph_cuda(engine: CudaEngine, n_neighbors: int, block_bytes: int = KNN_BLOCK_BYTES):
+    """``_knn.knn_graph_reference`` on the GPU: (neighbors int64 [N, K+1], sims float32 [N, K+1]) on the host.
 
     Row i keeps itself first, then its K = min(n_neighbors, N - 1) most similar other rows in ascending
     index order, ties at the k-th value to the lowest index; similarities are the engine's, clipped at 0.

@@ -1,4 +1,4 @@
-"""kNN mode: a top-k neighbour graph built in row blocks from any dense engine's similarity columns.
+"""kNN mode: the reference top-k neighbour graph, built in row blocks from any engine's similarity columns.
 
 Row i keeps itself plus its ``n_neighbors`` most similar other rows (ties to the lowest index),
 similarities clipped at 0; W[i, j] = s(i, j) for kept j, else 0. With n_neighbors >= N - 1 every row
@@ -13,23 +13,9 @@ from ._oracles import apply_column
 BLOCK_BYTES = 64 << 20  # the largest per-block temporary (the int64 running count of ties)
 
 
-def knn_graph(engine, n_neighbors: int):
-    """Returns (neighbors int64 [N, K+1], sims float32 [N, K+1]), self first, K = min(n_neighbors, N-1), then
-    the kept neighbours in ascending index order (not by similarity; every backend keeps this order).
-
-    An engine with its own ``knn_graph`` (the C++ first pass keeps the same lists while it sums the
-    columns, from one triangle of the similarity) builds it; this blocked NumPy version is the reference.
-    """
-    native = getattr(engine, "knn_graph", None)
-    if native is not None:
-        graph = native(n_neighbors)
-        if graph is not None:
-            return graph
-    return knn_graph_reference(engine, n_neighbors)
-
-
 def knn_graph_reference(engine, n_neighbors: int):
-    """The graph from full similarity rows in blocks (see ``knn_graph``)."""
+    """(neighbors int64 [N, K+1], sims float32 [N, K+1]), self first, K = min(n_neighbors, N-1), then the kept
+    neighbours in ascending index order (not by similarity; every engine's ``knn_graph`` keeps this order)."""
     n = engine.n
     k = min(int(n_neighbors), n - 1)
     neighbors = np.empty((n, k + 1), dtype=np.int64)  # [N, K+1]

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._inputs import as_features
+from ._knn import knn_graph_reference
 from ._lazy import lazy_greedy
-from ._oracles import DenseOracle
+from ._oracles import DenseOracle, SparseOracle
 from ._result import GreedyResult
 
 BLOCK_BYTES = 64 << 20  # largest similarity block held at once
@@ -28,10 +30,16 @@ def inverse_norms(X: np.ndarray) -> np.ndarray:
     return inv.astype(np.float32)
 
 
-class NumpyDense:
-    """Dense cosine similarity computed on the fly from X [N, D] (float32 or int8)."""
+class NumpyEngine:
+    """Dense cosine similarity computed on the fly from X [N, D] (float32 or int8); the reference ``Engine``."""
 
     name = "numpy"
+    kernel = "numpy"
+    default_batch = 32
+
+    @classmethod
+    def prepare(cls, X):
+        return as_features(X)
 
     def __init__(self, X: np.ndarray):
         self.n, self.d = X.shape
@@ -84,5 +92,12 @@ class NumpyDense:
         return sums
 
     def lazy_greedy(self, budget: int, batch_size=None, progress=None) -> GreedyResult:
-        return lazy_greedy(DenseOracle(self), budget, batch_size or 32, progress)
+        return lazy_greedy(DenseOracle(self), budget, batch_size or self.default_batch, progress)
+
+    def knn_graph(self, n_neighbors: int):
+        return knn_graph_reference(self, n_neighbors)
+
+    def knn_lazy_greedy(self, budget: int, n_neighbors: int, batch_size=None, progress=None) -> GreedyResult:
+        # batch 1 by default: a sparse gain costs K+1 reads, so evaluating more than needed buys nothing
+        return lazy_greedy(SparseOracle(*self.knn_graph(n_neighbors)), budget, batch_size or 1, progress)
 

@@ -23,3 +23,15 @@ class GreedyResult:
         position = np.full(self.nearest.size, -1, dtype=np.int64)  # [N] pick position of each selected row
         position[self.ranking] = np.arange(self.ranking.size)
         return np.bincount(position[self.nearest], minlength=self.ranking.size).astype(np.int64)
+
+
+# Profile fields a native module may return beside the result (``GreedyResult.stats``).
+STAT_KEYS = ("n_dense_evaluations", "multiply_adds", "first_pass_multiply_adds", "n_repacks",
+             "first_pass_seconds", "greedy_seconds", "unsaturated", "evaluations")
+
+
+def result_from(out: dict) -> GreedyResult:
+    """A native module's result dict as a ``GreedyResult`` (the profile fields it has go to ``stats``)."""
+    return GreedyResult(out["ranking"], out["gains"], out["nearest"], out["nearest_similarity"],
+                        int(out["n_evaluations"]), int(out["n_passes"]),
+                        {key: out[key] for key in STAT_KEYS if key in out})

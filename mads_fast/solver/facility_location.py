@@ -12,10 +12,9 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from ._backends import make_engine, resolve
-from ._inputs import as_features, check_choice, check_positive_int, resolve_budget
-from ._knn import exact_nearest, knn_graph
-from ._lazy import lazy_greedy
+from ._backends import make_engine, prepare
+from ._inputs import check_choice, check_positive_int, resolve_budget
+from ._knn import exact_nearest
 from ._oracles import DenseOracle, SparseOracle
 from ._stochastic import stochastic_greedy
 from mads_fast.errors import InputError
@@ -38,21 +37,6 @@ def progress_bar(total: int, verbose: bool, desc: str):
     return update, bar.close
 
 
-def features_for_backend(X, backend):
-    """(features, backend name): X validated for the backend ``backend`` resolves to on this input.
-
-    A GPU-resident X (torch CUDA tensor, CuPy array) stays on its device for the cuda backend
-    (``_cuda.as_device_features``, no host copy); every other case goes through ``as_features`` (a
-    host NumPy array, copied from the GPU when needed)."""
-    name = resolve(backend, X)
-    if name == "cuda":
-        from ._cuda import as_device_features, is_device_array
-
-        if is_device_array(X):
-            return as_device_features(X), name
-    return as_features(X), name
-
-
 class FacilityLocation:
     """Facility-location core-set selection.
 
@@ -64,7 +48,7 @@ class FacilityLocation:
 
     After ``fit``: ``ranking_``, ``gains_``, ``curve_``, ``objective_``, ``nearest_``,
     ``nearest_similarity_``, ``weights_``, ``backend_``, ``n_evaluations_``, ``n_passes_``, ``profile_`` (the
-    native backend's timings and counters, empty elsewhere). In knn mode
+    engine's timings and counters, empty where it has none). In knn mode
     gains and objective are on the graph, while ``nearest_`` uses the dense similarity.
     """
 
@@ -99,20 +83,22 @@ class FacilityLocation:
     def fit(self, X: Any, y: Any = None) -> "FacilityLocation":
         """Select from ``X`` (NumPy, torch or CuPy; float32, float16 or int8 [N, D]); ``y`` is ignored."""
         self._check()
-        X, name = features_for_backend(X, self.backend)
+        X, name = prepare(self.backend, X)
         n = X.shape[0]
         k = resolve_budget(self.budget, n)
         engine = make_engine(name, X)
         progress, close = progress_bar(k, self.verbose, "facility location")
         try:
-            if self.mode == "dense":
-                if self.optimizer == "lazy":
-                    result = engine.lazy_greedy(k, self.batch_size, progress)
-                else:
-                    result = stochastic_greedy(DenseOracle(engine), k, float(self.epsilon), self.random_state,
-                                               progress)
+            if self.mode == "dense" and self.optimizer == "lazy":
+                result = engine.lazy_greedy(k, self.batch_size, progress)
+            elif self.mode == "dense":
+                result = stochastic_greedy(DenseOracle(engine), k, float(self.epsilon), self.random_state, progress)
+            elif self.optimizer == "lazy":
+                result = engine.knn_lazy_greedy(k, self.n_neighbors, self.batch_size, progress)
             else:
-                result = self._knn(engine, k, progress)
+                oracle = SparseOracle(*engine.knn_graph(self.n_neighbors))
+                result = stochastic_greedy(oracle, k, float(self.epsilon), self.random_state, progress)
+            if self.mode == "knn":
                 result.nearest, result.nearest_similarity = exact_nearest(engine, result.ranking)
         finally:
             close()
@@ -128,24 +114,6 @@ class FacilityLocation:
         self.n_passes_ = int(result.n_passes)
         self.profile_ = dict(result.stats)
         return self
-
-    def _knn(self, engine, k, progress):
-        """Greedy on the kNN graph: natively where the engine runs it (C++), else over a SparseOracle."""
-        native = getattr(engine, "knn_lazy_greedy", None)
-        if self.optimizer == "lazy" and native is not None:
-            result = native(k, self.n_neighbors, self.batch_size, progress)
-            if result is not None:
-                return result
-        if getattr(engine, "name", None) == "cuda":
-            from ._cuda import knn_graph_cuda
-
-            neighbors, sims = knn_graph_cuda(engine, self.n_neighbors)
-        else:
-            neighbors, sims = knn_graph(engine, self.n_neighbors)
-        oracle = SparseOracle(neighbors, sims)
-        if self.optimizer == "lazy":
-            return lazy_greedy(oracle, k, self.batch_size or 1, progress)
-        return stochastic_greedy(oracle, k, float(self.epsilon), self.random_state, progress)
 
     def fit_transform(self, X: Any, y: Any = None) -> Any:
         self.fit(X)

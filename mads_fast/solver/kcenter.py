@@ -26,7 +26,7 @@ class KCenter:
 
     def fit(self, X: Any, y: Any = None) -> "KCenter":
         name = resolve(self.backend, X)
-        X = as_features(X)  # host NumPy: the farthest-first loop reads columns on the host
+        X = as_features(X)  # host NumPy for every engine: the farthest-first loop reads columns on the host
         n = X.shape[0]
         k = resolve_budget(self.budget, n)
         engine = make_engine(name, X)
