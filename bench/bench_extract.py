@@ -107,7 +107,7 @@ def run_naive(args, queue):
 
 
 def run_ours(args, queue):
-    from mads_fast.extract import extract
+    from mads_fast.extraction import extract
     from mads_fast.model import load_model
     from mads_fast.store import load_features
 

@@ -62,7 +62,7 @@ def require_gpu():
     if not torch.cuda.is_available():
         refuse("no CUDA device is visible (torch.cuda.is_available() is False)")
     from mads_fast.errors import BackendUnavailableError
-    from mads_fast.solver._backends import load_native
+    from mads_fast.solver._native import load_native
 
     try:
         module = load_native("cuda")
@@ -135,15 +135,15 @@ def timed(torch, fn):
 
 def run_dense(torch, args):
     from mads_fast.solver import FacilityLocation
-    from mads_fast.solver._cuda import CudaDense
+    from mads_fast.solver._cuda import CudaEngine
 
     n, d = args.dense_n, args.dense_d
     k = max(1, round(args.budget * n))
     X = clustered_int8(torch, n, d, seed=0)
-    CudaDense(X[:1000]).lazy_greedy(10)  # warm-up: cuBLAS heuristics, module load
+    CudaEngine(X[:1000]).lazy_greedy(10)  # warm-up: cuBLAS heuristics, module load
     rows = []
     with PeakMemory(torch) as mem:
-        engine, t_build = timed(torch, lambda: CudaDense(X))
+        engine, t_build = timed(torch, lambda: CudaEngine(X))
         result, t_greedy = timed(torch, lambda: engine.lazy_greedy(k))
     rows.append({"config": "dense", "method": "cuda-int8", "n": n, "d": d, "budget": k, "input": "torch-cuda",
                  "seconds": t_build + t_greedy, "build_s": t_build, "greedy_s": t_greedy, "borrowed": engine.borrowed,
@@ -152,7 +152,7 @@ def run_dense(torch, args):
     del engine
     host = X.cpu().numpy()
     with PeakMemory(torch) as mem:
-        _, t_host = timed(torch, lambda: CudaDense(host).lazy_greedy(k))
+        _, t_host = timed(torch, lambda: CudaEngine(host).lazy_greedy(k))
     rows.append({"config": "dense", "method": "cuda-int8", "n": n, "d": d, "budget": k, "input": "numpy",
                  "seconds": t_host, "peak_gpu_bytes": mem.bytes, "target_s": 1.0})
     # cpp on this machine's CPU: same X, budget capped; the GPU reruns at that budget for the comparison.
@@ -160,7 +160,7 @@ def run_dense(torch, args):
     t0 = time.perf_counter()
     cpp = FacilityLocation(kc, backend="cpp").fit(host)
     t_cpp = time.perf_counter() - t0
-    gpu_small, t_gpu_small = timed(torch, lambda: CudaDense(X).lazy_greedy(kc))
+    gpu_small, t_gpu_small = timed(torch, lambda: CudaEngine(X).lazy_greedy(kc))
     same = bool(np.array_equal(cpp.ranking_, gpu_small.ranking))
     rows.append({"config": "dense", "method": "cpp-int8", "n": n, "d": d, "budget": kc, "input": "numpy",
                  "seconds": t_cpp, "capped": f"budget {kc} instead of {k}", "cuda_seconds_same_budget": t_gpu_small,
@@ -170,17 +170,17 @@ def run_dense(torch, args):
 
 def run_knn(torch, args):
     from mads_fast.solver import FacilityLocation
-    from mads_fast.solver._cuda import CudaDense, knn_graph_cuda
+    from mads_fast.solver._cuda import CudaEngine, knn_graph_cuda
     from mads_fast.solver._lazy import lazy_greedy
     from mads_fast.solver._oracles import SparseOracle
 
     n, d, nn = args.knn_n, args.knn_d, args.neighbors
     k = max(1, round(args.budget * n))
     X = clustered_int8(torch, n, d, seed=1, centers=1024)
-    knn_graph_cuda(CudaDense(X[:2000]), nn)  # warm-up
+    knn_graph_cuda(CudaEngine(X[:2000]), nn)  # warm-up
     with PeakMemory(torch) as mem:
         t0 = time.perf_counter()
-        engine = CudaDense(X)
+        engine = CudaEngine(X)
         neighbors, sims = knn_graph_cuda(engine, nn)
         torch.cuda.synchronize()
         t_graph = time.perf_counter() - t0
@@ -208,7 +208,7 @@ def run_knn(torch, args):
 
 
 def run_align(torch, args):
-    from mads_fast.solver._cuda import CudaDense
+    from mads_fast.solver._cuda import CudaEngine
 
     d = args.align_d
     sizes = [int(v) for v in args.align_n.split(",")]
@@ -217,7 +217,7 @@ def run_align(torch, args):
     for n in sizes:
         for source in ("torch-cuda", "numpy"):
             X = base[:n] if source == "torch-cuda" else base[:n].cpu().numpy()
-            engine = CudaDense(X)
+            engine = CudaEngine(X)
             engine.column_sums()  # warm-up: cuBLAS picks its kernel for this shape
             times = [timed(torch, engine.column_sums)[1] for _ in range(args.align_repeat)]
             seconds = float(np.median(times))

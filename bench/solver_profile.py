@@ -50,7 +50,7 @@ def load_features(source: str, n: int, d: int, dtype: str) -> np.ndarray:
 
 
 def profile(X: np.ndarray, budget: int, graph_k: int) -> dict:
-    from mads_fast.solver._backends import load_native
+    from mads_fast.solver._native import load_native
 
     module = load_native("cpp")
     load0 = os.getloadavg()[0]

@@ -1,7 +1,7 @@
 """mads_fast: model-aware diverse core-set selection.
 
 Data flow, one module each: ``data`` (records in/out) -> ``tokens`` (render, truncate, batch) ->
-``model`` + ``extract`` (early-exit activation capture, fused pool/quantise) -> ``store`` (sharded
+``model`` + ``extraction`` (early-exit activation capture, fused pool/quantise) -> ``store`` (sharded
 feature store; ``store.normalise`` builds the solver input) -> ``solver`` (facility-location lazy greedy)
 -> ``report``. ``pipeline.select`` runs all of it, ``pipeline.solve`` the part after the store; ``cli``
 is a thin shell over the same API. Shared by every stage: ``options`` (the choices and the budget),
@@ -22,8 +22,8 @@ _LAZY = {
     "load_features": "mads_fast.store",
     "FeatureStore": "mads_fast.store",
     "read_records": "mads_fast.data",
-    "extract": "mads_fast.extract",
-    "FeatureSpec": "mads_fast.extract",
+    "extract": "mads_fast.extraction",
+    "FeatureSpec": "mads_fast.extraction",
     "select": "mads_fast.pipeline",
     "solve": "mads_fast.pipeline",
     "SelectionResult": "mads_fast.pipeline",

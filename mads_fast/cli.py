@@ -199,7 +199,7 @@ def _cmd_select(a):
 
 
 def _cmd_extract(a):
-    from .extract import extract
+    from .extraction import extract
 
     stats = extract(a.data, a.store, model=a.model, text_field=a.text_field, lenient=a.lenient, limit=a.limit,
                     progress=not a.quiet, **_extract_options(a))

@@ -224,11 +224,11 @@ def select(data: Union[PathLike, "RecordSet"], budget: Budget = 0.15, *, out: Op
 
     ``budget``: a fraction of N (0.15) or a count (7800). ``store``: the feature store directory (default:
     ``<data name>.features`` beside ``out``); a matching store is reused, so trying several budgets costs
-    one extraction. ``extract_options`` go to :func:`mads_fast.extract.extract` (layers, feature, pool,
+    one extraction. ``extract_options`` go to :func:`mads_fast.extraction.extract` (layers, feature, pool,
     project, quant, max_length, tokens_per_batch, shard_size, template, device). The rest is :func:`solve`.
     """
     from .data import RecordSet, read_records
-    from .extract import extract
+    from .extraction import extract
 
     budget = parse_budget(budget)  # fail on a bad budget or option before any expensive work
     _check_solve_options(objective, backend, mode, optimizer, n_neighbors, solver_dtype, normalize)

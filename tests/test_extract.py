@@ -13,7 +13,7 @@ import torch
 
 from mads_fast.data import read_records
 from mads_fast.errors import InputError
-from mads_fast.extract import extract
+from mads_fast.extraction import extract
 from mads_fast.model import load_model
 from mads_fast.store import FeatureReader, load_features, load_offset
 from mads_fast.tokens import render, tokenize

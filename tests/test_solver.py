@@ -1,13 +1,14 @@
 """Facility-location solver: every backend against a naive dense greedy written here (float64, full
 similarity for small N, the same tie rule), and backends against each other."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mads_fast.errors import BackendUnavailableError, InputError
 from mads_fast.solver import FacilityLocation, KCenter, available_backends
-from mads_fast.solver import _backends
+from mads_fast.solver import _native
 
 from greedy_reference import cosine64, tau, naive_greedy
 
@@ -143,10 +144,9 @@ def test_knn_full_neighbourhood_equals_dense(backend):
 def test_knn_graph_keeps_top_neighbours_ties_to_lowest_index(backend):
     from mads_fast.solver._backends import make_engine
     from mads_fast.solver._inputs import as_features
-    from mads_fast.solver._knn import knn_graph
 
     X = np.array([[1, 0], [1, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
-    neighbors, sims = knn_graph(make_engine(backend, as_features(X)), 2)
+    neighbors, sims = make_engine(backend, as_features(X)).knn_graph(2)
     assert neighbors[:, 0].tolist() == [0, 1, 2, 3, 4]
     assert neighbors[0, 1:].tolist() == [1, 3]  # two exact ties at 1.0 beat 4 (0.707)
     assert neighbors[3, 1:].tolist() == [0, 1]
@@ -248,8 +248,8 @@ def test_unavailable_backend_raises_and_is_cached(monkeypatch):
         calls.append(name)
         raise ImportError("undefined symbol: simulated")
 
-    monkeypatch.setattr(_backends, "_loaded", {})
-    monkeypatch.setattr(_backends, "_import", broken)
+    monkeypatch.setattr(_native, "_loaded", {})
+    monkeypatch.setattr(_native, "_import", broken)
     for _ in range(2):
         with pytest.raises(BackendUnavailableError, match=r"'cpp' cannot load .*simulated.*pip install -e"):
             FacilityLocation(1, backend="cpp").fit(np.ones((3, 2), np.float32))
@@ -266,3 +266,21 @@ def test_import_does_not_load_native():
             "print(any(m.startswith('mads_fast._solver') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_every_engine_implements_the_engine_protocol(backend):
+    """Each backend's engine has every member of ``_engine.Engine`` and no solver asks which engine it holds."""
+    from mads_fast.solver._backends import ENGINES, make_engine
+    from mads_fast.solver._engine import Engine
+    from mads_fast.solver._inputs import as_features
+
+    methods = [m for m, v in vars(Engine).items() if not m.startswith("_") and (callable(v) or isinstance(v, classmethod))]
+    assert {"columns", "column_sums", "lazy_greedy", "knn_graph", "knn_lazy_greedy", "prepare"} <= set(methods)
+    for cls in ENGINES.values():
+        assert all(callable(getattr(cls, m, None)) for m in methods), cls
+    engine = make_engine(backend, as_features(np.eye(5, 3, dtype=np.float32)))
+    assert engine.name == backend and (engine.n, engine.d) == (5, 3)
+    assert isinstance(engine.kernel, str) and isinstance(engine.default_batch, int)
+    solver_sources = "".join((Path(__file__).parents[1] / "mads_fast" / "solver" / f).read_text()
+                             for f in ("facility_location.py", "kcenter.py"))
+    assert all(probe not in solver_sources for probe in (".name ==", "hasattr(", '== "cuda"', 'getattr('))

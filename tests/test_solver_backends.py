@@ -1,20 +1,20 @@
 """Backend wiring of the cuda backend without a GPU: a stand-in ``mads_fast._solver_cuda`` (its
 DenseSimilarity runs the C++ engine) checks that ``auto`` takes cuda only for GPU or large input, that a
-cuda fit goes through ``_cuda.CudaDense`` and kNN mode through ``_cuda.knn_graph_cuda``, and that the
+cuda fit goes through ``_cuda.CudaEngine`` and kNN mode through ``_cuda.knn_graph_cuda``, and that the
 picks are the C++ backend's."""
 import numpy as np
 import pytest
 
 from mads_fast.solver import FacilityLocation, KCenter, available_backends
-from mads_fast.solver import _backends, _cuda
-from mads_fast.solver._knn import knn_graph
+from mads_fast.solver import _backends, _cuda, _native
+from mads_fast.solver._knn import knn_graph_reference
 
 pytestmark = [pytest.mark.skipif("cpp" not in available_backends(), reason="the C++ solver module does not load"),
               pytest.mark.usefixtures("cpu_isa")]   # once per C++ kernel family
 
 
 class FakeCudaModule:
-    """The calls ``_cuda.CudaDense`` makes on ``mads_fast._solver_cuda``, served by the C++ engine."""
+    """The calls ``_cuda.CudaEngine`` makes on ``mads_fast._solver_cuda``, served by the C++ engine."""
 
     def __init__(self):
         self.built = []  # [(source, precision)] per engine
@@ -23,9 +23,13 @@ class FakeCudaModule:
     def device_count():
         return 1
 
+    @staticmethod
+    def graph_lazy_greedy(neighbors, sims, budget, batch, progress):
+        return _native.load_native("cpp").graph_lazy_greedy(neighbors, sims, budget, batch, progress)
+
     def DenseSimilarity(self, source, precision, scratch_bytes):
         self.built.append((source, precision))
-        inner = _backends.load_native("cpp").DenseSimilarity(source)
+        inner = _native.load_native("cpp").DenseSimilarity(source)
 
         class Engine:
             n, d = source.shape
@@ -49,7 +53,7 @@ class FakeCudaModule:
 @pytest.fixture
 def fake_cuda(monkeypatch):
     fake = FakeCudaModule()
-    monkeypatch.setitem(_backends._loaded, "cuda", fake)
+    monkeypatch.setitem(_native._loaded, "cuda", fake)
     return fake
 
 
@@ -86,13 +90,13 @@ def test_cuda_knn_mode_uses_the_gpu_graph(fake_cuda, monkeypatch):
 
     def graph(engine, n_neighbors):
         calls.append((type(engine).__name__, n_neighbors))
-        return knn_graph(engine, n_neighbors)  # the host reference: what the GPU graph must equal
+        return knn_graph_reference(engine, n_neighbors)  # the host reference: what the GPU graph must equal
 
     monkeypatch.setattr(_cuda, "knn_graph_cuda", graph)
     X = data(seed=4)
     fit = FacilityLocation(30, backend="cuda", mode="knn", n_neighbors=7).fit(X)
     ref = FacilityLocation(30, backend="cpp", mode="knn", n_neighbors=7).fit(X)
-    assert calls == [("CudaDense", 7)]
+    assert calls == [("CudaEngine", 7)]
     np.testing.assert_array_equal(fit.ranking_, ref.ranking_)
     np.testing.assert_array_equal(fit.nearest_, ref.nearest_)
 
@@ -160,7 +164,7 @@ def test_grad_requiring_device_tensor_is_detached_not_fatal(fake_cuda, monkeypat
 
 def test_isa_switch_chooses_the_kernel_family(monkeypatch):
     """MADS_FAST_ISA=portable forces the plain loops; avx512 insists on AVX-512; anything else is an error."""
-    native = _backends.load_native("cpp")
+    native = _native.load_native("cpp")
     x = np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32)
     q = np.clip(np.round(x * 40), -127, 127).astype(np.int8)
     monkeypatch.setenv("MADS_FAST_ISA", "portable")

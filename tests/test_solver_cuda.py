@@ -16,9 +16,9 @@ import pytest
 
 from mads_fast.errors import InputError
 from mads_fast.solver import FacilityLocation, available_backends
-from mads_fast.solver._knn import knn_graph
+from mads_fast.solver._knn import knn_graph_reference
 from mads_fast.solver._lazy import lazy_greedy
-from mads_fast.solver._numpy_impl import NumpyDense
+from mads_fast.solver._numpy_impl import NumpyEngine
 from mads_fast.solver._oracles import SparseOracle
 
 from greedy_reference import cosine64, naive_greedy
@@ -26,7 +26,7 @@ from greedy_reference import cosine64, naive_greedy
 
 @pytest.fixture(scope="module")
 def cuda():
-    from mads_fast.solver._backends import load_native
+    from mads_fast.solver._native import load_native
 
     if "cuda" not in available_backends():
         try:
@@ -74,7 +74,7 @@ def int8_reference_similarity(X):
     """float64 [N, N] of the int8 rule: exact dots rounded to float32, times the float32 product of the
     two inverse norms (facility_location.h)."""
     Xd = X.astype(np.float64)
-    inv = NumpyDense(X).inv.astype(np.float32)  # [N]
+    inv = NumpyEngine(X).inv.astype(np.float32)  # [N]
     dots = (Xd @ Xd.T).astype(np.float32)
     return np.maximum(dots * (inv[:, None] * inv[None, :]), 0).astype(np.float64)
 
@@ -209,7 +209,7 @@ def test_batch_sizes_and_eviction_do_not_change_picks(cuda, batch_size):
 def test_engine_columns_and_sums_match_numpy(cuda):
     for dtype, rtol in (("float32", 2e-6), ("int8", 1e-6)):
         X = make("random", 513, 67, dtype, seed=2)
-        gpu, ref = cuda.CudaDense(X), NumpyDense(X)
+        gpu, ref = cuda.CudaEngine(X), NumpyEngine(X)
         idx = np.array([0, 512, 17, 17, 300])
         cur = np.random.default_rng(0).random(513).astype(np.float32) * 0.3
         S, g = gpu.columns(idx, cur)
@@ -235,8 +235,8 @@ def test_lazy_greedy_returns_the_cpp_dict(cuda):
 @pytest.mark.gpu
 def test_gains_are_bitwise_reproducible(cuda):
     X = make("clustered", 5000, 64, "float32", seed=9)
-    a = cuda.CudaDense(X).lazy_greedy(500)
-    b = cuda.CudaDense(X).lazy_greedy(500)
+    a = cuda.CudaEngine(X).lazy_greedy(500)
+    b = cuda.CudaEngine(X).lazy_greedy(500)
     np.testing.assert_array_equal(a.ranking, b.ranking)
     assert a.gains.tobytes() == b.gains.tobytes()
 
@@ -247,7 +247,7 @@ def test_reduced_precision_keeps_the_objective(cuda, precision):
     X = make("clustered", 800, 96, "float32", seed=4)
     S = cosine64(X)
     exact = naive_greedy(S, 80)[0]
-    fast = cuda.CudaDense(X, precision=precision).lazy_greedy(80).ranking
+    fast = cuda.CudaEngine(X, precision=precision).lazy_greedy(80).ranking
     assert S[:, fast].max(axis=1).sum() >= 0.995 * S[:, exact].max(axis=1).sum()
 
 
@@ -255,10 +255,10 @@ def test_reduced_precision_keeps_the_objective(cuda, precision):
 def test_tiles_never_hold_n_by_n(cuda):
     n = 20000
     X = make("random", n, 32, "int8", seed=1)
-    engine = cuda.CudaDense(X, scratch_bytes=8 << 20)
+    engine = cuda.CudaEngine(X, scratch_bytes=8 << 20)
     sums = engine.column_sums()
     assert engine.device_bytes < n * n * 4 // 20
-    np.testing.assert_allclose(sums[:50], NumpyDense(X[:]).columns(np.arange(50))[0].sum(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(sums[:50], NumpyEngine(X[:]).columns(np.arange(50))[0].sum(axis=1), rtol=1e-5)
 
 
 @pytest.mark.gpu
@@ -271,12 +271,12 @@ def test_int8_gemm_at_unaligned_n_matches_numpy(cuda, n, source):
     d = 64 if source != "torch-copied" else 37  # D=37: rows not 16-byte multiples, so the engine copies
     X = make("random", n, d, "int8", seed=n)
     if source == "numpy":
-        engine = cuda.CudaDense(X)
+        engine = cuda.CudaEngine(X)
     else:
         torch = pytest.importorskip("torch")
         if not torch.cuda.is_available():
             pytest.skip("torch has no CUDA here")
-        engine = cuda.CudaDense(torch.from_numpy(X).cuda())
+        engine = cuda.CudaEngine(torch.from_numpy(X).cuda())
     assert engine.borrowed == (source == "torch-borrowed")
     S_ref = int8_reference_similarity(X)  # float64 [N, N], symmetric
     idx = np.unique(np.r_[0, n - 1, np.random.default_rng(n).integers(0, n, 40)])  # [m], both ends of X
@@ -299,7 +299,7 @@ def test_torch_cuda_input_is_read_in_place(cuda, torch_cuda, dtype, d):
     torch = torch_cuda
     X = make("clustered", 613, d, dtype, seed=6)
     T = torch.from_numpy(X).cuda()
-    engine = cuda.CudaDense(T)
+    engine = cuda.CudaEngine(T)
     assert engine.uploaded_bytes == 0
     if dtype == "int8" and d % 16 == 0:
         assert engine.borrowed and engine.features_pointer == T.data_ptr()
@@ -314,10 +314,10 @@ def test_torch_strided_and_half_inputs(cuda, torch_cuda):
     wide = torch.zeros(300, 64, device="cuda")
     wide[:, :40] = torch.from_numpy(X).cuda()
     expected = FacilityLocation(40, backend=reference_backend()).fit(X).ranking_
-    np.testing.assert_array_equal(cuda.CudaDense(wide[:, :40]).lazy_greedy(40).ranking, expected)
+    np.testing.assert_array_equal(cuda.CudaEngine(wide[:, :40]).lazy_greedy(40).ranking, expected)
     half = torch.from_numpy(X).cuda().half()
     ref_half = FacilityLocation(40, backend=reference_backend()).fit(half.float().cpu().numpy()).ranking_
-    np.testing.assert_array_equal(cuda.CudaDense(half).lazy_greedy(40).ranking, ref_half)
+    np.testing.assert_array_equal(cuda.CudaEngine(half).lazy_greedy(40).ranking, ref_half)
 
 
 @pytest.mark.gpu
@@ -326,7 +326,7 @@ def test_nan_on_device_is_input_error(cuda, torch_cuda):
     T = torch.ones(10, 4, device="cuda")
     T[7, 2] = float("nan")
     with pytest.raises(InputError, match="row 7"):
-        cuda.CudaDense(T)
+        cuda.CudaEngine(T)
 
 
 @pytest.mark.gpu
@@ -335,7 +335,7 @@ def test_cupy_input_is_read_in_place(cuda, dtype):
     cupy = pytest.importorskip("cupy")
     X = make("ties", 257, 32, dtype, seed=8)
     C = cupy.asarray(X)
-    engine = cuda.CudaDense(C)
+    engine = cuda.CudaEngine(C)
     assert engine.uploaded_bytes == 0
     if dtype == "int8":
         assert engine.borrowed and engine.features_pointer == C.data.ptr
@@ -347,7 +347,7 @@ def test_cupy_input_is_read_in_place(cuda, dtype):
 def test_columns_device_matches_host_columns(cuda, torch_cuda):
     torch = torch_cuda
     X = make("random", 333, 24, "int8", seed=10)
-    engine = cuda.CudaDense(X)
+    engine = cuda.CudaEngine(X)
     idx = np.array([5, 0, 332, 5])
     out = torch.full((4, 340), -7.0, device="cuda")
     engine.columns_device(idx, out)
@@ -399,7 +399,7 @@ def test_input_on_a_second_device_is_converted_and_solved_there(cuda, kind):
             source = cupy.asarray(half)
         current = cupy.cuda.Device(0)
     with current:
-        engine = cuda.CudaDense(source)
+        engine = cuda.CudaEngine(source)
         ranking = engine.lazy_greedy(40).ranking
     assert engine.device == device and engine.uploaded_bytes == 0
     expected = FacilityLocation(40, backend=reference_backend()).fit(half.astype(np.float32)).ranking_
@@ -411,7 +411,7 @@ def test_input_on_a_second_device_is_converted_and_solved_there(cuda, kind):
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
 def test_knn_at_full_neighbourhood_equals_dense(cuda, torch_cuda, dtype):
     X = make("clustered", 211, 19, dtype, seed=11)
-    engine = cuda.CudaDense(X)
+    engine = cuda.CudaEngine(X)
     neighbors, sims = cuda.knn_graph_cuda(engine, 500)
     knn = lazy_greedy(SparseOracle(neighbors, sims), 50, 1)
     np.testing.assert_array_equal(knn.ranking, engine.lazy_greedy(50).ranking)
@@ -423,7 +423,7 @@ def test_knn_graph_matches_numpy_with_exact_ties(cuda, torch_cuda, k):
     rng = np.random.default_rng(12)
     distinct = rng.integers(-127, 128, size=(8, 32)).astype(np.int8)
     X = distinct[rng.integers(0, 8, 61)]  # duplicates: exact ties at every k-th value
-    got_n, got_s = cuda.knn_graph_cuda(cuda.CudaDense(X), k, block_bytes=61 * 4 * 7)  # 7 rows per block
-    ref_n, ref_s = knn_graph(NumpyDense(X), k)
+    got_n, got_s = cuda.knn_graph_cuda(cuda.CudaEngine(X), k, block_bytes=61 * 4 * 7)  # 7 rows per block
+    ref_n, ref_s = knn_graph_reference(NumpyEngine(X), k)
     np.testing.assert_array_equal(got_n, ref_n)
     np.testing.assert_allclose(got_s, ref_s, rtol=1e-6)

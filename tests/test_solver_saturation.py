@@ -8,10 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mads_fast.solver import FacilityLocation, available_backends
-from mads_fast.solver._backends import load_native
+from mads_fast.solver._native import load_native
 from mads_fast.solver._knn import knn_graph_reference
 from mads_fast.solver._lazy import lazy_greedy
-from mads_fast.solver._numpy_impl import NumpyDense
+from mads_fast.solver._numpy_impl import NumpyEngine
 from mads_fast.solver._oracles import SparseOracle
 
 from greedy_reference import cosine64, naive_greedy
@@ -226,7 +226,7 @@ def test_numpy_similarity_matches_native_bits_for_int8():
     # Both compute float(dot) * (inv_i * inv_c), so the reference and the C++ columns agree exactly.
     X = np.random.default_rng(12).integers(-100, 101, size=(70, 33)).astype(np.int8)
     cols, _ = engine(X).columns(np.arange(70), np.zeros(70, np.float32))
-    ref, _ = NumpyDense(X).columns(np.arange(70), np.zeros(70, np.float32))
+    ref, _ = NumpyEngine(X).columns(np.arange(70), np.zeros(70, np.float32))
     np.testing.assert_array_equal(cols, ref)
 
 

@@ -94,8 +94,7 @@ def test_package_is_typed_and_ships_its_stubs():
 
 
 def test_public_api_is_annotated():
-    from mads_fast import FacilityLocation, KCenter, load_features, select, solve
-    from mads_fast.extract import extract   # mads_fast.extract is the module once it is imported
+    from mads_fast import FacilityLocation, KCenter, extract, load_features, select, solve
 
     for fn in (select, solve, extract, load_features, FacilityLocation.__init__, FacilityLocation.fit,
                KCenter.__init__, KCenter.fit):
