@@ -66,6 +66,13 @@ def _add_extract(p):
                    help="model compute precision (auto: fp32 on CPU, bf16 on GPU; bf16 is faster on CPUs with "
                    "AVX-512 BF16, at some cost in feature precision)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model directory")
+    g = p.add_argument_group("distributed extraction (needs Ray: pip install \"mads-fast[ray]\")")
+    g.add_argument("--ray", nargs="?", const="auto", metavar="local|auto|ADDRESS",
+                   help="run the shards on Ray workers: a local instance, the cluster RAY_ADDRESS names (auto, "
+                   "the default when the flag has no value) or a cluster address; store and data on a shared filesystem")
+    g.add_argument("--workers", type=int, metavar="N", help="Ray workers (default: one per GPU, else 1)")
+    g.add_argument("--gpus-per-worker", type=float, metavar="F",
+                   help="GPUs per Ray worker; a fraction shares a GPU (default: 1 when the cluster has GPUs, else 0)")
 
 
 def _add_solve(p, budget_required=True):
@@ -171,7 +178,8 @@ def _setup_logging(quiet: bool) -> _BufferedLog:
 def _extract_options(a) -> dict:
     return dict(layers=a.layers, feature=a.feature, pool=a.pool, project=a.project, quant=a.quant,
                 max_length=a.max_length, tokens_per_batch=a.tokens_per_batch, shard_size=a.shard_size,
-                template=a.template, device=a.device, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
+                template=a.template, device=a.device, dtype=a.dtype, trust_remote_code=a.trust_remote_code,
+                ray=a.ray, workers=a.workers, gpus_per_worker=a.gpus_per_worker)
 
 
 def _summary_line(result, n, seconds):

@@ -34,6 +34,9 @@ class InputError(MadsError, ValueError):
         self.param = param
         super().__init__(self.render())
 
+    def __reduce__(self):  # pickles whole (path, where, param), so an error raised in a worker process is the same
+        return (type(self), (self.problem, self.path, self.where, self.param))
+
     def render(self, param: Optional[str] = None) -> str:
         """The one-line message, with ``param`` (default: the parameter's own name) in front."""
         parts = [param or self.param, self.path, self.where, self.problem]

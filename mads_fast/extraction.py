@@ -25,6 +25,7 @@ import numpy as np
 if TYPE_CHECKING:  # for the hints only
     from .data import RecordSet
     from .model import LoadedModel
+    from .store import FeatureStore
 
 from .errors import InputError
 from .options import FEATURES, POOLS, QUANTS, TEMPLATES, check_choice, check_positive_int
@@ -86,6 +87,12 @@ class ExtractStats:
         d.update(padding_fraction=self.padding_fraction, tokens_per_second=self.tokens_per_second)
         return d
 
+    def add(self, shard: "ShardStats") -> None:
+        self.n_shards_written += 1
+        self.tokens += shard.tokens
+        self.padded_tokens += shard.padded_tokens
+        self.truncated += shard.truncated
+
 
 def _check_options(pool, quant, template, feature, project, max_length, tokens_per_batch, shard_size):
     for param, value, choices in (("pool", pool, POOLS), ("quant", quant, QUANTS), ("template", template, TEMPLATES),
@@ -139,32 +146,111 @@ def _render_all(rs, positions, tokenizer, template):
     return [render(rs, int(i), tokenizer, template) for i in positions]
 
 
-def _calibrate_offset(loaded, rs, spec, projections, tokens_per_batch, device):
-    """Mean pooled (projected) feature of the first records in dataset order: the quantisation offset."""
-    import torch
+@dataclass
+class ShardStats:
+    """What one shard cost: records, valid and padded tokens, truncations."""
+    shard: int
+    records: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    truncated: int = 0
 
-    from .model import ActivationCapture
-    from .pooling import pool_quant
-    from .tokens import collate, plan_batches, tokenize
 
-    positions = np.arange(min(len(rs), CALIBRATION_RECORDS))
-    ts = tokenize(_render_all(rs, positions, loaded.tokenizer, spec.template), loaded.tokenizer, spec.max_length)
-    batches, _ = plan_batches(ts.lengths, tokens_per_batch)
-    total = None
-    state = {}
+class ShardExtractor:
+    """Turns shards of a record set into store shards with one loaded model: the unit of work of every path.
 
-    def on_activation(slot, hidden):
-        pooled, _ = pool_quant(hidden, state["lengths"], spec.pool, "fp32", projection=projections[slot],
-                               backend="triton" if hidden.is_cuda else "torch")
-        state.setdefault(slot, []).append(pooled.sum(0, dtype=torch.float64))
+    The single-process loop and each distributed worker run exactly this code on the same shard ranges, with
+    the same batches inside a shard, so a store's bytes do not depend on who wrote which shard. ``offset`` is
+    the int8/bit quantisation offset (``calibrate`` measures it once, before any shard runs).
+    """
 
-    with ActivationCapture(loaded, spec.layers, spec.feature, on_activation) as capture:
-        for batch in batches:
-            ids, _, lengths = collate(ts, batch, loaded.tokenizer.pad_token_id)
-            state["lengths"] = lengths.to(device)
-            capture.run(ids.to(device))
-    total = torch.cat([torch.stack(state[s]).sum(0) for s in range(len(spec.layers))])
-    return (total / len(positions)).to(torch.float32)
+    def __init__(self, loaded: "LoadedModel", spec: FeatureSpec, tokens_per_batch: int):
+        from .pooling import make_projection
+
+        self.loaded = loaded
+        self.spec = spec
+        self.tokens_per_batch = tokens_per_batch
+        self.device = loaded.device
+        self.source_dim = loaded.feature_width(spec.feature)
+        self.layer_dim = spec.project or self.source_dim
+        self.projections = [None] * len(spec.layers)
+        if spec.project:
+            self.projections = [make_projection(self.source_dim, spec.project, spec.project_seed + slot)
+                                .to(self.device) for slot in range(len(spec.layers))]
+        self.offset = None  # [L * dim] float32 on the device, set by use_offset
+
+    def calibrate(self, rs: "RecordSet") -> np.ndarray:
+        """Mean pooled (projected) feature of the first records in dataset order: the quantisation offset."""
+        import torch
+
+        from .model import ActivationCapture
+        from .pooling import pool_quant
+        from .tokens import collate, plan_batches, tokenize
+
+        spec, loaded, device = self.spec, self.loaded, self.device
+        positions = np.arange(min(len(rs), CALIBRATION_RECORDS))
+        view = rs.load(positions) if hasattr(rs, "load") else rs
+        ts = tokenize(_render_all(view, positions, loaded.tokenizer, spec.template), loaded.tokenizer,
+                      spec.max_length)
+        batches, _ = plan_batches(ts.lengths, self.tokens_per_batch)
+        state = {}
+
+        def on_activation(slot, hidden):
+            pooled, _ = pool_quant(hidden, state["lengths"], spec.pool, "fp32", projection=self.projections[slot],
+                                   backend="triton" if hidden.is_cuda else "torch")
+            state.setdefault(slot, []).append(pooled.sum(0, dtype=torch.float64))
+
+        with ActivationCapture(loaded, spec.layers, spec.feature, on_activation) as capture:
+            for batch in batches:
+                ids, _, lengths = collate(ts, batch, loaded.tokenizer.pad_token_id)
+                state["lengths"] = lengths.to(device)
+                capture.run(ids.to(device))
+        total = torch.cat([torch.stack(state[s]).sum(0) for s in range(len(spec.layers))])
+        return (total / len(positions)).to(torch.float32).cpu().numpy()
+
+    def use_offset(self, offset: Optional[np.ndarray]) -> None:
+        import torch
+
+        self.offset = None if offset is None else torch.as_tensor(np.asarray(offset, dtype=np.float32),
+                                                                  device=self.device)
+
+    def run(self, rs: "RecordSet", store: "FeatureStore", shard: int, on_batch=None) -> ShardStats:
+        """Extract shard ``shard`` of ``rs`` and write it into ``store``; ``on_batch(rows, tokens)`` after each batch."""
+        from .model import ActivationCapture
+        from .tokens import collate, plan_batches, tokenize
+
+        spec, loaded, device = self.spec, self.loaded, self.device
+        positions = np.asarray(store.shard_range(shard))
+        view = rs.load(positions) if hasattr(rs, "load") else rs
+        ts = tokenize(_render_all(view, positions, loaded.tokenizer, spec.template), loaded.tokenizer,
+                      spec.max_length)
+        stats = ShardStats(shard=shard, records=len(positions), truncated=int(ts.n_truncated))
+        batches, _ = plan_batches(ts.lengths, self.tokens_per_batch)
+        writer = _ShardWriter(len(positions), spec, self.layer_dim, self.projections, self.offset, device)
+        order = np.concatenate([b.indices for b in batches])  # buffer row r holds shard record order[r]
+        start = 0
+        pad_id = loaded.tokenizer.pad_token_id
+        with ActivationCapture(loaded, spec.layers, spec.feature, writer) as capture:
+            for batch in batches:
+                ids, _, lengths = collate(ts, batch, pad_id)
+                writer.begin_batch(start, lengths.to(device, non_blocking=True))
+                capture.run(ids.to(device, non_blocking=True))
+                rows = len(batch.indices)
+                start += rows
+                n_tok = int(lengths.sum())
+                stats.tokens += n_tok
+                stats.padded_tokens += rows * int(batch.max_len)
+                if on_batch is not None:
+                    on_batch(rows, n_tok)
+        quant, n_slots = spec.quant, len(spec.layers)
+        features = np.empty((len(positions), writer.features.shape[1]), dtype=STORE_DTYPES[quant])
+        features[order] = writer.features.cpu().numpy()
+        scales = None
+        if quant in ("int8", "bit"):
+            scales = np.empty((len(positions), n_slots), dtype=np.float32)
+            scales[order] = writer.scales.cpu().numpy()
+        store.write_shard(shard, features, scales, [view.ids[i] for i in positions])
+        return stats
 
 
 def _reusable_store(store, model, rs, spec_args: dict) -> bool:
@@ -197,6 +283,129 @@ def _reusable_store(store, model, rs, spec_args: dict) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the store's manifest and the feature spec need to know of a model, without holding it (a Ray
+    worker that loaded the model sends these to the driver)."""
+    model_id: str
+    weights_sha256: str
+    num_layers: int
+    widths: tuple  # ((feature, per-layer width), ...) for every feature source
+    compute_dtype: str
+
+    @classmethod
+    def of(cls, loaded: "LoadedModel") -> "ModelFacts":
+        return cls(loaded.model_id, loaded.weights_sha256, loaded.num_layers,
+                   tuple((f, loaded.feature_width(f)) for f in FEATURES),
+                   str(loaded.model.dtype).replace("torch.", ""))
+
+    def feature_width(self, feature: str) -> int:
+        return dict(self.widths)[feature]
+
+
+@dataclass(frozen=True)
+class ExtractRequest:
+    """Everything ``extract`` was asked for except the records and the store: what a worker needs to rebuild
+    the same ``ShardExtractor`` in another process (``model`` is a path or None there, never a loaded model)."""
+    model: Union[None, str] = None
+    layers: Union[None, int, float, str, tuple] = None
+    feature: str = "hidden"
+    pool: str = "mean"
+    project: Optional[int] = None
+    project_seed: int = 0
+    quant: str = "fp16"
+    max_length: int = 1024
+    tokens_per_batch: int = 16384
+    shard_size: int = 4096
+    template: str = "chat"
+    device: Optional[str] = None
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+
+    def load_model(self) -> "LoadedModel":
+        from .model import load_model
+
+        return load_model(self.model, device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
+
+    def layer_dim(self, facts: ModelFacts) -> int:
+        """Per-layer feature width: the projection's, else the model's width at ``feature``."""
+        layer_dim = self.project or facts.feature_width(self.feature)
+        if self.quant == "bit" and layer_dim % 8:
+            raise InputError(f"bit needs a per-layer width that is a multiple of 8, got {layer_dim}", param="quant")
+        return layer_dim
+
+    def spec_for(self, facts: ModelFacts, rs: "RecordSet") -> FeatureSpec:
+        from .model import resolve_layers
+
+        return FeatureSpec(layers=tuple(resolve_layers(self.layers, facts.num_layers)), feature=self.feature,
+                           pool=self.pool, project=self.project, project_seed=self.project_seed, quant=self.quant,
+                           max_length=self.max_length, template=self.template, text_field=rs.text_field,
+                           compute_dtype=facts.compute_dtype)
+
+    def open_store(self, store, facts: ModelFacts, rs: "RecordSet") -> "FeatureStore":
+        """Create, resume or reuse the store for this request on ``rs`` (InputError if it was made for another)."""
+        from .store import FeatureStore
+
+        spec = self.spec_for(facts, rs)
+        layer_dim = self.layer_dim(facts)
+        n_slots = len(spec.layers)
+        return FeatureStore.open_for_write(
+            store, model={"id": facts.model_id, "weights_sha256": facts.weights_sha256,
+                          "num_layers": facts.num_layers},
+            feature_spec=spec.to_dict(),
+            dataset={"fingerprint": rs.fingerprint, "n_records": len(rs), "path": str(rs.path)},
+            dim=layer_dim * n_slots, width=out_width(layer_dim, self.quant) * n_slots,
+            dtype=STORE_DTYPES[self.quant], n_scales=n_slots if self.quant in ("int8", "bit") else 0,
+            shard_size=self.shard_size)
+
+    def extractor(self, loaded: "LoadedModel", rs: "RecordSet") -> "ShardExtractor":
+        facts = ModelFacts.of(loaded)
+        self.layer_dim(facts)
+        return ShardExtractor(loaded, self.spec_for(facts, rs), self.tokens_per_batch)
+
+
+def pending_shards(store_obj: "FeatureStore") -> list:
+    """Shards of ``store_obj`` without a done marker, ascending (logged when some are already written)."""
+    todo = [s for s in range(store_obj.n_shards) if s not in store_obj.done_shards]
+    if len(todo) < store_obj.n_shards:
+        log.info("resuming %s: %d of %d shards already written", store_obj.path, store_obj.n_shards - len(todo),
+                 store_obj.n_shards)
+    return todo
+
+
+def ensure_offset(store_obj: "FeatureStore", quant: str, n_records: int, calibrate) -> Optional[np.ndarray]:
+    """The store's int8/bit offset: read if written, else ``calibrate()`` once and write it (None for float quants)."""
+    from .store import load_offset
+
+    if quant not in ("int8", "bit"):
+        return None
+    offset = load_offset(store_obj.path)
+    if offset is None:
+        log.info("calibrating the %s quantisation offset on the first %d records", quant,
+                 min(n_records, CALIBRATION_RECORDS))
+        offset = calibrate()
+        store_obj.write_offset(offset)
+    return np.asarray(offset, dtype=np.float32)
+
+
+def progress_bar(total: int, enabled: bool):
+    """(update(rows, tokens), close()) for one tqdm bar of records with tokens/s over everything run so far."""
+    if not enabled:
+        return (lambda rows, tokens: None), (lambda: None)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="rec", desc="extract", dynamic_ncols=True, leave=True)
+    t0 = time.perf_counter()
+    seen = [0]
+
+    def update(rows, tokens):
+        seen[0] += tokens
+        bar.update(rows)
+        bar.set_postfix_str(f"{seen[0] / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s", refresh=False)
+
+    return update, bar.close
+
+
 def extract(data: Union[str, Path, "RecordSet"], store: Union[str, Path], *,
             model: Union[None, str, Path, "LoadedModel"] = None,
             layers: Union[None, int, float, str, Sequence[Union[int, float]]] = None, feature: str = "hidden",
@@ -204,8 +413,8 @@ def extract(data: Union[str, Path, "RecordSet"], store: Union[str, Path], *,
             max_length: int = 1024, tokens_per_batch: int = 16384, shard_size: int = 4096,
             text_field: Optional[str] = None, template: str = "chat", lenient: bool = False,
             limit: Optional[int] = None, device: Optional[str] = None, dtype: str = "auto",
-            trust_remote_code: bool = False,
-            progress: bool = True) -> ExtractStats:
+            trust_remote_code: bool = False, ray: Optional[str] = None, workers: Optional[int] = None,
+            gpus_per_worker: Optional[float] = None, progress: bool = True) -> ExtractStats:
     """Extract one feature row per record of ``data`` into the feature store at ``store``.
 
     ``data`` is a path (JSONL, JSON array, Parquet, saved ``datasets`` directory) or a RecordSet from
@@ -213,16 +422,19 @@ def extract(data: Union[str, Path, "RecordSet"], store: Union[str, Path], *,
     ``LoadedModel``, or None for the embedded default (SmolLM2-135M-Instruct). A matching complete store is
     reused; a matching incomplete one is resumed at its first unwritten shard; a store made for another
     request is an error. Returns statistics (tokens/s, padding, truncations, timings).
-    """
-    import torch
 
+    ``ray``: run the shards on Ray actors ("local": a local instance; "auto": the cluster named by
+    ``RAY_ADDRESS``, else a local one; or a cluster address) with ``workers`` actors of
+    ``gpus_per_worker`` GPUs each (see ``mads_fast.extraction_ray``); the store's bytes are the same.
+    """
     from .data import RecordSet, read_records
-    from .model import ActivationCapture, LoadedModel, load_model, resolve_layers
-    from .pooling import make_projection
-    from .store import FeatureStore, load_offset
-    from .tokens import collate, plan_batches, tokenize
+    from .model import LoadedModel
 
     _check_options(pool, quant, template, feature, project, max_length, tokens_per_batch, shard_size)
+    if ray is not None or workers is not None or gpus_per_worker is not None:
+        from .extraction_ray import check_ray_options
+
+        check_ray_options(ray, workers, gpus_per_worker)
     t_start = time.perf_counter()
     rs = data if isinstance(data, RecordSet) else read_records(data, text_field=text_field, lenient=lenient,
                                                                limit=limit)
@@ -233,96 +445,40 @@ def extract(data: Union[str, Path, "RecordSet"], store: Union[str, Path], *,
         log.info("store %s already holds these features; reusing it (model not loaded)", store)
         return ExtractStats(store=str(store), n_records=len(rs), n_shards_written=0, reused=True,
                             detected=rs.describe(), seconds=time.perf_counter() - t_start)
+    request = ExtractRequest(model=None if model is None or isinstance(model, LoadedModel) else str(model),
+                             layers=tuple(layers) if isinstance(layers, (list, tuple)) else layers, feature=feature,
+                             pool=pool, project=project, project_seed=project_seed, quant=quant,
+                             max_length=max_length, tokens_per_batch=tokens_per_batch, shard_size=shard_size,
+                             template=template, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    if ray is not None:
+        if isinstance(model, LoadedModel):
+            raise InputError("a loaded model cannot be sent to Ray workers; pass its path", param="model")
+        from .extraction_ray import extract_on_ray
+
+        return extract_on_ray(rs, store, request, address=ray, workers=workers, gpus_per_worker=gpus_per_worker,
+                              progress=progress, t_start=t_start)
     t0 = time.perf_counter()
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype,
-                                                                     trust_remote_code=trust_remote_code)
-    model_seconds = time.perf_counter() - t0
-    device = loaded.device
-    spec = FeatureSpec(layers=tuple(resolve_layers(layers, loaded.num_layers)), feature=feature, pool=pool,
-                       project=project, project_seed=project_seed, quant=quant, max_length=max_length,
-                       template=template, text_field=rs.text_field,
-                       compute_dtype=str(loaded.model.dtype).replace("torch.", ""))
-    source_dim = loaded.feature_width(feature)
-    layer_dim = project or source_dim
-    if quant == "bit" and layer_dim % 8:
-        raise InputError(f"bit needs a per-layer width that is a multiple of 8, got {layer_dim}", param="quant")
-    n_slots = len(spec.layers)
-    store_obj = FeatureStore.open_for_write(
-        store, model={"id": loaded.model_id, "weights_sha256": loaded.weights_sha256,
-                      "num_layers": loaded.num_layers},
-        feature_spec=spec.to_dict(),
-        dataset={"fingerprint": rs.fingerprint, "n_records": len(rs), "path": str(rs.path)},
-        dim=layer_dim * n_slots, width=out_width(layer_dim, quant) * n_slots, dtype=STORE_DTYPES[quant],
-        n_scales=n_slots if quant in ("int8", "bit") else 0, shard_size=shard_size)
-    stats = ExtractStats(store=str(store), n_records=len(rs), n_shards_written=0, reused=store_obj.complete,
-                         detected=rs.describe(), model_seconds=model_seconds)
+    loaded = model if isinstance(model, LoadedModel) else request.load_model()
+    stats = ExtractStats(store=str(store), n_records=len(rs), n_shards_written=0, reused=False,
+                         detected=rs.describe(), model_seconds=time.perf_counter() - t0)
+    store_obj = request.open_store(store, ModelFacts.of(loaded), rs)
     if store_obj.complete:
         log.info("store %s already holds these features; reusing it", store)
+        stats.reused = True
         stats.seconds = time.perf_counter() - t_start
         return stats
-
-    projections = [None] * n_slots
-    if project:
-        projections = [make_projection(source_dim, project, project_seed + slot).to(device)
-                       for slot in range(n_slots)]
-    offset = None
-    if quant in ("int8", "bit"):
-        offset = load_offset(store)
-        if offset is None:
-            log.info("calibrating the %s quantisation offset on the first %d records", quant,
-                     min(len(rs), CALIBRATION_RECORDS))
-            t0 = time.perf_counter()
-            offset = _calibrate_offset(loaded, rs, spec, projections, tokens_per_batch, device).cpu().numpy()
-            store_obj.write_offset(offset)
-            stats.calibration_seconds = time.perf_counter() - t0
-        offset = torch.as_tensor(np.asarray(offset, dtype=np.float32), device=device)
-
-    todo = [s for s in range(store_obj.n_shards) if s not in store_obj.done_shards]
-    if len(todo) < store_obj.n_shards:
-        log.info("resuming %s: %d of %d shards already written", store, store_obj.n_shards - len(todo),
-                 store_obj.n_shards)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        remaining = sum(len(store_obj.shard_range(s)) for s in todo)
-        bar = tqdm(total=remaining, unit="rec", desc="extract", dynamic_ncols=True, leave=True)
+    extractor = request.extractor(loaded, rs)
+    t0 = time.perf_counter()
+    extractor.use_offset(ensure_offset(store_obj, quant, len(rs), lambda: extractor.calibrate(rs)))
+    stats.calibration_seconds = time.perf_counter() - t0
+    todo = pending_shards(store_obj)
+    update, close = progress_bar(sum(len(store_obj.shard_range(s)) for s in todo), progress)
     t_loop = time.perf_counter()
-    pad_id = loaded.tokenizer.pad_token_id
     try:
         for shard in todo:
-            positions = np.asarray(store_obj.shard_range(shard))
-            ts = tokenize(_render_all(rs, positions, loaded.tokenizer, template), loaded.tokenizer, max_length)
-            stats.truncated += int(ts.n_truncated)
-            batches, _ = plan_batches(ts.lengths, tokens_per_batch)
-            writer = _ShardWriter(len(positions), spec, layer_dim, projections, offset, device)
-            order = np.concatenate([b.indices for b in batches])  # buffer row r holds shard record order[r]
-            start = 0
-            with ActivationCapture(loaded, spec.layers, feature, writer) as capture:
-                for batch in batches:
-                    ids, _, lengths = collate(ts, batch, pad_id)
-                    writer.begin_batch(start, lengths.to(device, non_blocking=True))
-                    capture.run(ids.to(device, non_blocking=True))
-                    rows = len(batch.indices)
-                    start += rows
-                    n_tok = int(lengths.sum())
-                    stats.tokens += n_tok
-                    stats.padded_tokens += rows * int(batch.max_len)
-                    if bar is not None:
-                        bar.update(rows)
-                        elapsed = time.perf_counter() - t_loop
-                        bar.set_postfix_str(f"{stats.tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=False)
-            features = np.empty((len(positions), writer.features.shape[1]), dtype=STORE_DTYPES[quant])
-            features[order] = writer.features.cpu().numpy()
-            scales = None
-            if quant in ("int8", "bit"):
-                scales = np.empty((len(positions), n_slots), dtype=np.float32)
-                scales[order] = writer.scales.cpu().numpy()
-            store_obj.write_shard(shard, features, scales, [rs.ids[i] for i in positions])
-            stats.n_shards_written += 1
+            stats.add(extractor.run(rs, store_obj, shard, on_batch=update))
     finally:
-        if bar is not None:
-            bar.close()
+        close()
     store_obj.finalize()
     stats.seconds = time.perf_counter() - t_start
     stats.extra["loop_seconds"] = time.perf_counter() - t_loop

@@ -225,13 +225,19 @@ def select(data: Union[PathLike, "RecordSet"], budget: Budget = 0.15, *, out: Op
     ``budget``: a fraction of N (0.15) or a count (7800). ``store``: the feature store directory (default:
     ``<data name>.features`` beside ``out``); a matching store is reused, so trying several budgets costs
     one extraction. ``extract_options`` go to :func:`mads_fast.extraction.extract` (layers, feature, pool,
-    project, quant, max_length, tokens_per_batch, shard_size, template, device). The rest is :func:`solve`.
+    project, quant, max_length, tokens_per_batch, shard_size, template, device, dtype; ray, workers and
+    gpus_per_worker run the extraction on a Ray cluster). The rest is :func:`solve`.
     """
     from .data import RecordSet, read_records
     from .extraction import extract
 
     budget = parse_budget(budget)  # fail on a bad budget or option before any expensive work
     _check_solve_options(objective, backend, mode, optimizer, n_neighbors, solver_dtype, normalize)
+    if any(extract_options.get(k) is not None for k in ("ray", "workers", "gpus_per_worker")):
+        from .extraction_ray import check_ray_options
+
+        check_ray_options(extract_options.get("ray"), extract_options.get("workers"),
+                          extract_options.get("gpus_per_worker"))
     timings = {}
     t0 = time.perf_counter()
     rs = data if isinstance(data, RecordSet) else read_records(data, text_field=text_field, lenient=lenient,

@@ -95,3 +95,13 @@ def tiny_model_dir(tmp_path_factory, smollm2_path):
     model = LlamaForCausalLM(config)
     model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole test session (starting one costs seconds), shut down at the end."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (the test install includes it)")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

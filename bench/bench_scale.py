@@ -1,0 +1,117 @@
+"""Extraction on Ray against one process: records/s and tokens/s on the same Alpaca records, same settings.
+
+Runs, in one process and one session (ratios, never absolute times across runs):
+  single   one process, every core as torch threads (the plain path);
+  ray 1x2  Ray, 1 CPU worker with 2 threads;
+  ray 2x1  Ray, 2 CPU workers with 1 thread each;
+(on a GPU machine add --gpus: 1 worker on the GPU, and 2 workers sharing it at 0.5 GPU each).
+Every run writes a fresh store; the Ray stores are checked byte for byte against the single-process one.
+Throughput is the shard loop alone (model load, calibration and Ray start-up excluded); the start-up
+(ray.init, actors, each worker's model load) is reported on its own. On 2 cores Ray cannot be faster:
+the figure to read is its overhead.
+
+    python bench/bench_scale.py --records 1000                 # CPU, SmolLM2-135M-Instruct (the default)
+    python bench/bench_scale.py --records 8000 --gpus          # GPU machine
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+ALPACA = HERE.parents[1] / "shared" / "data" / "alpaca_cleaned.jsonl"
+
+
+def store_hashes(store: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(store.iterdir())
+            if p.name != "manifest.json"}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=1000)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--shard-size", type=int, default=125, help="records per shard (125: 8 shards of 1,000)")
+    parser.add_argument("--gpus", action="store_true", help="GPU runs instead of the CPU ones")
+    parser.add_argument("--out", default=str(HERE / "results" / "scale_cpu"), help="results prefix (.jsonl, .md)")
+    a = parser.parse_args(argv)
+
+    import ray
+
+    from bench_quality import environment
+    from mads_fast.atomic import atomic_write
+    from mads_fast.extraction import extract
+
+    env = environment("cuda" if a.gpus else "cpu")
+    env["ray"] = ray.__version__
+    work = Path(tempfile.mkdtemp(prefix="mads-scale-"))
+    data = work / "alpaca.jsonl"
+    with open(ALPACA, encoding="utf-8") as fh:
+        data.write_text("".join(next(fh) for _ in range(a.records)), encoding="utf-8")
+    options = dict(max_length=a.max_length, shard_size=a.shard_size, progress=False)
+    if a.gpus:
+        options["device"] = "cuda"
+    rows = []
+
+    def record(name, stats, startup=None, same=None):
+        loop = stats.extra["loop_seconds"]
+        row = dict(run=name, records=stats.n_records, tokens=stats.tokens, loop_seconds=round(loop, 3),
+                   records_per_s=round(stats.n_records / loop, 2), tokens_per_s=round(stats.tokens / loop, 1),
+                   startup_seconds=None if startup is None else round(startup, 2), same_bytes=same, **env)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    try:
+        single = extract(data, work / "single", **options)
+        reference = store_hashes(work / "single")
+        record("single", single)
+        t0 = time.perf_counter()
+        ray.init(num_cpus=os.cpu_count(), num_gpus=1 if a.gpus else 0, include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING")
+        init_seconds = time.perf_counter() - t0
+        plans = [("ray 1 GPU worker", 1, 1.0), ("ray 2 workers x 0.5 GPU", 2, 0.5)] if a.gpus else \
+            [("ray 1 worker x 2 threads", 1, None), ("ray 2 workers x 1 thread", 2, None)]
+        for name, workers, gpus in plans:
+            store = work / name.replace(" ", "_")
+            t0 = time.perf_counter()
+            stats = extract(data, store, ray="local", workers=workers, gpus_per_worker=gpus, **options)
+            startup = stats.seconds - stats.extra["loop_seconds"] + (init_seconds if not rows[1:] else 0.0)
+            record(name, stats, startup=startup, same=store_hashes(store) == reference)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+
+    base = rows[0]
+    lines = [f"# Extraction on Ray vs one process ({env['date']})", "",
+             f"Device: {env['device']}; torch {env['torch']}, transformers {env['transformers']}, Ray {env['ray']}, "
+             f"mads_fast {env['mads_fast']} ({env['commit']}).", "",
+             f"Command: `python bench/bench_scale.py --records {a.records} --max-length {a.max_length} "
+             f"--shard-size {a.shard_size}{' --gpus' if a.gpus else ''}` (SmolLM2-135M-Instruct, fp16 store, "
+             f"{base['records']:,} Alpaca records, {base['tokens']:,} tokens).", "",
+             "| run | records/s | tokens/s | vs one process | start-up s | store bytes = one process |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        ratio = row["tokens_per_s"] / base["tokens_per_s"]
+        lines.append(f"| {row['run']} | {row['records_per_s']:,.1f} | {row['tokens_per_s']:,.0f} | {ratio:.3f} | "
+                     f"{'' if row['startup_seconds'] is None else row['startup_seconds']} | "
+                     f"{'' if row['same_bytes'] is None else ('yes' if row['same_bytes'] else 'NO')} |")
+    lines += ["", "Throughput is the shard loop alone (model load excluded). Start-up: ray.init (first Ray run only), "
+              "starting the actors and each worker's model load, and the driver's set-up."]
+    jsonl = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    atomic_write(f"{a.out}.jsonl", lambda f: f.write(jsonl))
+    atomic_write(f"{a.out}.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
