@@ -43,8 +43,11 @@ SHAREGPT_ROLES = {"human": "user", "user": "user",
 
 _WS = re.compile(r"[ \t\n\r]*")
 # What is left at a JSON error position when the text merely stops early: part of a literal
-# ("tru"), a number's fraction or exponent ("1." fails at "."), or a \u escape ("\u12" fails at "u12").
-_CUT_TAIL = re.compile(r"t(r(u)?)?|f(a(l(s)?)?)?|n(u(l)?)?|-|[.eE][-+]?\d*|[eE][-+]?|u[0-9a-fA-F]{0,3}")
+# ("tru", "Na", "-Infin": Python's json reads NaN and Infinity), a number's fraction or exponent ("1."
+# fails at "."), or a \u escape ("\u12" fails at "u12"; so does "\u00e9" when the text ends right after
+# it, since the decoder looks one character past the four digits for a surrogate pair's second half).
+_CUT_TAIL = re.compile(r"t(r(u)?)?|f(a(l(s)?)?)?|n(u(l)?)?|N(a)?|-?I(n(f(i(n(i(t(y)?)?)?)?)?)?)?|-|"
+                       r"[.eE][-+]?\d*|[eE][-+]?|u[0-9a-fA-F]{0,4}")
 
 
 @dataclass
@@ -279,7 +282,8 @@ def _read_json_array(path: str, data: bytes, lenient: bool, limit: Optional[int]
             text = data[start:start + e.start].decode("utf-8")
             cut_mid_char = True
         else:
-            raise _bad_utf8(path, data, e, base=start,
+            # e is relative to the text after the BOM: so is the byte it names.
+            raise _bad_utf8(path, data[start:], e, base=start,
                             line=data.count(b"\n", 0, start + e.start) + 1) from None
     size = len(data)
     cut_line = data.count(b"\n") + 1
