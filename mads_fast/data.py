@@ -581,9 +581,14 @@ def _check(schema: str, rec: dict, text_field: Optional[str]) -> Optional[str]:
     return None
 
 
+# json.dumps(rec, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str), without making an
+# encoder for every record
+_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+
 def _digest(rec) -> str:
     """The id's hash part: sha1 of the record's canonical JSON (sorted keys, compact, UTF-8), 12 hex chars."""
-    canonical = json.dumps(rec, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    canonical = _CANONICAL(rec)
     # surrogatepass: JSON may carry lone surrogates ("\ud800"), which strict UTF-8 cannot encode.
     return hashlib.sha1(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_CHARS]
 
