@@ -189,7 +189,12 @@ def main(argv=None) -> None:
             row = dict(runs[-1], label=label, code=str(code), commit=commit, what=what, **meta)
             for key in ("read_s", "write_s"):
                 if key in row:
-                    row[key] = float(np.median([r[key] for r in runs]))
+                    row[key + "_runs"] = [r[key] for r in runs]
+                    row[key] = float(np.median(row[key + "_runs"]))
+            for key in ("read_peak", "read_held", "write_peak", "write_phase_peak"):
+                if key in row:
+                    row[key + "_runs"] = [r[key] for r in runs]
+                    row[key] = int(max(row[key + "_runs"]))
             rows[label, what] = row
             n = row["n_records"]
             line = (f"{label:6s} {commit:>12s} {what:5s}: read {row['read_s']:6.1f} s, peak {row['read_peak'] / 2**20:8.1f} MiB "
@@ -218,18 +223,20 @@ def main(argv=None) -> None:
 
 
 def write_markdown(rows: dict, meta: dict, a) -> None:
+    import numpy as np
+
     def mib(x):
         return f"{x / 2**20:,.1f} MiB"
 
     def per(x, n):
         return f"{x / n:,.1f}"
 
-    cmd = "python bench/bench_records_memory.py" + (f" --before {a.before}" if a.before else "") + \
-        ("" if a.after == REPO else f" --after {a.after}")
+    cmd = "python bench/bench_records_memory.py " + " ".join(sys.argv[1:])
+    head = f"`{cmd}`" + (f" (before: `git worktree add {a.before} <its commit>`)" if a.before else "")
     lines = [
-        "# Records memory: reading and writing a 1M-record JSONL corpus",
+        f"# Records memory: reading and writing a {meta['records']:,}-record JSONL corpus",
         "",
-        f"`{cmd}` — {meta['date']}; {meta['cpu']} ({meta['cores']} cores), Linux {meta['kernel']}; "
+        f"{head} — {meta['date']}; {meta['cpu']} ({meta['cores']} cores), Linux {meta['kernel']}; "
         f"python {meta['python']}, numpy {meta['numpy']}; load average {meta['load']:.2f} at the start.",
         "",
         f"Corpus: {meta['records']:,} records ({meta['corpus_bytes'] / 1e6:,.0f} MB), "
@@ -243,22 +250,32 @@ def write_markdown(rows: dict, meta: dict, a) -> None:
         "B/record | write phase, B/record |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    def secs(values):
+        return f"{np.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
+
     for label in ("before", "after"):
         if (label, "read") not in rows:
             continue
         r, w = rows[label, "read"], rows[label, "write"]
         n = r["n_records"]
-        lines.append(f"| {label} | `{r['commit']}` | {r['read_s']:.1f} | {mib(r['read_peak'])} | {per(r['read_peak'], n)} | "
-                     f"{per(r['read_held'], n)} | {w['write_s']:.1f} | {per(w['write_peak'], n)} | "
+        reads = r["read_s_runs"] + w["read_s_runs"]   # the write runs read the corpus first: same work
+        lines.append(f"| {label} | `{r['commit']}` | {secs(reads)} | {mib(r['read_peak'])} | {per(r['read_peak'], n)} | "
+                     f"{per(r['read_held'], n)} | {secs(w['write_s_runs'])} | {per(w['write_peak'], n)} | "
                      f"{per(w['write_phase_peak'], n)} |")
     if ("before", "read") in rows:
         b, f = rows["before", "read"], rows["after", "read"]
         bw, fw = rows["before", "write"], rows["after", "write"]
+        med = lambda v: float(np.median(v))   # noqa: E731
+        tb, tf = med(b["read_s_runs"] + bw["read_s_runs"]), med(f["read_s_runs"] + fw["read_s_runs"])
         lines += ["",
                   f"Ratios before / after: read peak {b['read_peak'] / f['read_peak']:,.0f}x, read+write peak "
-                  f"{bw['write_peak'] / fw['write_peak']:,.0f}x; read time {f['read_s'] / b['read_s']:.2f}x of before, "
+                  f"{bw['write_peak'] / fw['write_peak']:,.0f}x; read time {tf / tb:.2f}x of before, "
                   f"write time {fw['write_s'] / bw['write_s']:.2f}x of before. Fingerprint, ids and the written "
-                  "core set's bytes are the same before and after."]
+                  "core set's bytes are the same before and after.",
+                  "",
+                  f"Times are medians (min–max) of {a.repeat} runs of each measurement (read: the read runs and the "
+                  "write runs' reads together); this is a shared 2-core machine, so runs differ by up to ~20%. "
+                  "Memory columns are the largest of the runs."]
     after = rows.get(("after", "read"), {})
     if "pickle_bytes" in after:
         n = after["n_records"]
