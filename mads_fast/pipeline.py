@@ -64,8 +64,9 @@ class SelectionResult:
         return self.gains if self.objective_name == "facility" else self.radii
 
     def records(self) -> list:
-        """The core set as a list of the original records, in pick order."""
-        return [self.record_set.records[i] for i in self.indices]
+        """The core set as a list of the original records, in pick order (parsed in one pass over the input)."""
+        view = self.record_set.load(self.indices)
+        return [view.records[i] for i in self.indices]
 
     def dataset(self):
         """The core set as a ``datasets.Dataset`` (the input's own when it was a saved dataset)."""

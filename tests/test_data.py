@@ -263,8 +263,8 @@ CUT_RECS = [{"id": "a", "conversations": [{"from": "human", "value": "héllo 日
             {"id": "c", "conversations": [{"from": "gpt", "value": "false"}], "flag": False}]
 
 
-def _array_bytes():
-    parts = [json.dumps(r, ensure_ascii=False, indent=2).encode() for r in CUT_RECS]
+def _array_bytes(recs=CUT_RECS, ensure_ascii=False):
+    parts = [json.dumps(r, ensure_ascii=ensure_ascii, indent=2).encode() for r in recs]
     data, ends = b"[\n", []
     for k, part in enumerate(parts):
         data += part
@@ -294,6 +294,34 @@ def test_every_cut_point_keeps_exactly_the_complete_records(tmp_path):
         assert rs.salvaged.cut_line == data[:cut].count(b"\n") + 1
     p.write_bytes(data)
     assert read_records(p).salvaged is None
+
+
+# \u escapes (a surrogate pair among them) and the NaN / Infinity that Python's json reads and writes
+ESCAPED_RECS = [{"id": "a", "conversations": [{"from": "human", "value": "h\u00e9 \U0001f600 \u65e5"}],
+                 "score": float("nan")},
+                {"id": "b", "conversations": [{"from": "gpt", "value": "ok"}], "lo": float("-inf"),
+                 "hi": float("inf")}]
+
+
+def test_cut_after_an_escape_or_inside_nan_is_a_cut(tmp_path):
+    data, ends = _array_bytes(ESCAPED_RECS, ensure_ascii=True)
+    assert b"\\ud83d\\ude00" in data and b"NaN" in data and b"-Infinity" in data
+    p = tmp_path / "cut.json"
+    for cut in range(data.index(b"{"), data.rindex(b"]")):
+        p.write_bytes(data[:cut])
+        complete = sum(e <= cut for e in ends)
+        with pytest.raises(InputError, match=f"cut off after {complete:,} complete records at byte {cut:,}"):
+            read_records(p)
+        if complete:
+            rs = read_records(p, lenient=True)
+            # NaN != NaN: compare the records as JSON text
+            assert json.dumps(list(rs.records)) == json.dumps(ESCAPED_RECS[:complete]), cut
+
+
+def test_bad_utf8_after_a_bom_names_the_bad_byte(tmp_path):
+    p = _write(tmp_path / "e.json", b"\xef\xbb\xbf[" + GOOD + b',\n{"instruction": "\xff"}]')
+    with pytest.raises(InputError, match=r"line 2: not UTF-8 text: byte 0xff at byte offset 102 "):
+        read_records(p)
 
 
 def test_limit_with_cut_off_array(tmp_path):
