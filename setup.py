@@ -133,7 +133,7 @@ class BuildExt(build_ext):
 
 
 setup(
-    packages=["mads_fast", "mads_fast.solver", "mads_fast.store", "mads_fast.kernels"],
+    packages=["mads_fast", "mads_fast.extraction", "mads_fast.solver", "mads_fast.store", "mads_fast.kernels"],
     package_dir={"mads_fast.kernels": "kernels"},
     # PEP 561: the package is typed, and the compiled modules have stubs
     package_data={"mads_fast": ["py.typed", "*.pyi"]},

@@ -235,7 +235,7 @@ def select(data: Union[PathLike, "RecordSet"], budget: Budget = 0.15, *, out: Op
     budget = parse_budget(budget)  # fail on a bad budget or option before any expensive work
     _check_solve_options(objective, backend, mode, optimizer, n_neighbors, solver_dtype, normalize)
     if any(extract_options.get(k) is not None for k in ("ray", "workers", "gpus_per_worker")):
-        from .extraction_ray import check_ray_options
+        from .extraction.on_ray import check_ray_options
 
         check_ray_options(extract_options.get("ray"), extract_options.get("workers"),
                           extract_options.get("gpus_per_worker"))

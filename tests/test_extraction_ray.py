@@ -9,13 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mads_fast.cluster import check_shared
 from mads_fast.errors import InputError
 from mads_fast.extraction import extract
-from mads_fast.extraction_ray import plan_workers
+from mads_fast.extraction.on_ray import plan_workers
 
 pytestmark = pytest.mark.slow
 
@@ -101,6 +100,27 @@ def test_killed_driver_resumes_without_ray(corpus, tiny_model_dir, single, tmp_p
     time.sleep(1)  # a worker of the killed driver would still be writing now; it must not be
     got = _files(store)
     assert sorted(got) == sorted(single) and all(got[n] == single[n] for n in single)
+
+
+def test_worker_input_error_is_the_one_line_error(ray_local, tmp_path, tiny_model_dir, corpus):
+    """A record that fails in a worker surfaces as the single-process error: file, line, problem."""
+    data = tmp_path / "bad.jsonl"
+    lines = corpus.read_text().splitlines(keepends=True)
+    data.write_text("".join(lines))
+    from mads_fast.data import read_records
+
+    rs = read_records(data)
+    # change record 20 after reading: the worker that loads shard 2 finds different bytes under its id
+    lines[20] = lines[20].replace('"instruction": "', '"instruction": "X', 1)
+    data.write_text("".join(lines))
+    with pytest.raises(InputError) as err:
+        extract(rs, tmp_path / "store", model=tiny_model_dir, ray="local", workers=2, **OPTIONS)
+    single_error = None
+    try:
+        extract(rs, tmp_path / "store1", model=tiny_model_dir, **OPTIONS)
+    except InputError as exc:
+        single_error = str(exc)
+    assert str(err.value) == single_error and "line 21" in single_error and "\n" not in single_error
 
 
 def test_worker_logs_reach_the_driver_log_file(ray_local, corpus, tiny_model_dir, tmp_path):

@@ -1,6 +1,7 @@
 """The package's shape: no import cycle between its modules (module-level or inside functions), and the
 solver imports without torch."""
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,11 @@ def test_extract_is_the_function_whatever_was_imported_first():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True"]
+
+
+def test_every_subpackage_is_installed():
+    """setup.py lists its packages by name: a new subpackage missing there would be left out of a wheel."""
+    setup = (PACKAGE.parent / "setup.py").read_text()
+    listed = set(re.findall(r'"(mads_fast(?:\.\w+)*)"', setup.split("packages=", 1)[1].split("]", 1)[0]))
+    found = {module_name(p.parent / "__init__.py") for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

@@ -1,10 +1,12 @@
-"""Records -> activation features in a feature store: the "model-aware" half of MADS.
+"""One shard of records -> one store shard: the unit of work of every extraction path.
 
-Per shard of the dataset (fixed record ranges, so a killed run resumes at a shard boundary and produces
-the same bytes): render and tokenize the shard's records, plan length-sorted batches filled to a token
-budget, run the early-exit forward pass, and let the hook of each chosen layer pool, project and quantise
-its activations straight into a preallocated per-shard buffer on the device (rows in batch order, so every
-batch writes one contiguous slice). Only that ``[rows, width]`` buffer leaves the device, once per shard.
+``ExtractRequest`` is what was asked for, ``ModelFacts`` what the manifest needs to know of the model,
+``ShardExtractor`` runs shards with one loaded model (render and tokenize the shard's records, plan
+length-sorted batches filled to a token budget, run the early-exit forward pass, and let the hook of each
+chosen layer pool, project and quantise its activations straight into a preallocated per-shard buffer on
+the device, rows in batch order, so every batch writes one contiguous slice; only that ``[rows, width]``
+buffer leaves the device, once per shard). Fixed record ranges per shard, so a killed run resumes at a
+shard boundary and produces the same bytes, whoever writes which shard.
 
 int8 and 1-bit features are quantised around a per-dimension offset (the mean pooled feature of the first
 records, measured once and stored): raw residual features of an LLM carry a few "massive" dimensions (on
@@ -17,24 +19,21 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
 if TYPE_CHECKING:  # for the hints only
-    from .data import RecordSet
-    from .model import LoadedModel
-    from .store import FeatureStore
+    from mads_fast.data import RecordSet
+    from mads_fast.model import LoadedModel
+    from mads_fast.store import FeatureStore
 
-from .errors import InputError
-from .options import FEATURES, POOLS, QUANTS, TEMPLATES, check_choice, check_positive_int
-from .quant import STORE_DTYPES, out_width
+from mads_fast.errors import InputError
+from mads_fast.options import FEATURES, POOLS, QUANTS, TEMPLATES, check_choice, check_positive_int
+from mads_fast.quant import STORE_DTYPES, out_width
 
 log = logging.getLogger("mads_fast")
 
-# What a request says before its model loads: a complete store that agrees on these is reused as it is.
-PRELOAD_MATCH_KEYS = ("model.weights_sha256", "feature_spec", "dataset.fingerprint", "dataset.n_records")
 CALIBRATION_RECORDS = 64  # an offset needs only a rough mean: 64 records cost ~6% of a 1k-record run
 
 
@@ -111,7 +110,7 @@ class _ShardWriter:
     def __init__(self, n_rows, spec: FeatureSpec, layer_dim, projections, offset, device):
         import torch
 
-        from .pooling import out_dtype
+        from mads_fast.pooling import out_dtype
 
         self.spec = spec
         self.dim = layer_dim                                 # per layer, after projection
@@ -129,7 +128,7 @@ class _ShardWriter:
         self.lengths = lengths
 
     def __call__(self, slot, hidden):
-        from .pooling import pool_quant
+        from mads_fast.pooling import pool_quant
 
         rows = slice(self.row, self.row + hidden.shape[0])
         cols = slice(slot * self.width, (slot + 1) * self.width)
@@ -141,7 +140,7 @@ class _ShardWriter:
 
 
 def _render_all(rs, positions, tokenizer, template):
-    from .tokens import render
+    from mads_fast.tokens import render
 
     return [render(rs, int(i), tokenizer, template) for i in positions]
 
@@ -165,7 +164,7 @@ class ShardExtractor:
     """
 
     def __init__(self, loaded: "LoadedModel", spec: FeatureSpec, tokens_per_batch: int):
-        from .pooling import make_projection
+        from mads_fast.pooling import make_projection
 
         self.loaded = loaded
         self.spec = spec
@@ -183,13 +182,13 @@ class ShardExtractor:
         """Mean pooled (projected) feature of the first records in dataset order: the quantisation offset."""
         import torch
 
-        from .model import ActivationCapture
-        from .pooling import pool_quant
-        from .tokens import collate, plan_batches, tokenize
+        from mads_fast.model import ActivationCapture
+        from mads_fast.pooling import pool_quant
+        from mads_fast.tokens import collate, plan_batches, tokenize
 
         spec, loaded, device = self.spec, self.loaded, self.device
         positions = np.arange(min(len(rs), CALIBRATION_RECORDS))
-        view = rs.load(positions) if hasattr(rs, "load") else rs
+        view = rs.load(positions)  # parses these records only
         ts = tokenize(_render_all(view, positions, loaded.tokenizer, spec.template), loaded.tokenizer,
                       spec.max_length)
         batches, _ = plan_batches(ts.lengths, self.tokens_per_batch)
@@ -216,12 +215,12 @@ class ShardExtractor:
 
     def run(self, rs: "RecordSet", store: "FeatureStore", shard: int, on_batch=None) -> ShardStats:
         """Extract shard ``shard`` of ``rs`` and write it into ``store``; ``on_batch(rows, tokens)`` after each batch."""
-        from .model import ActivationCapture
-        from .tokens import collate, plan_batches, tokenize
+        from mads_fast.model import ActivationCapture
+        from mads_fast.tokens import collate, plan_batches, tokenize
 
         spec, loaded, device = self.spec, self.loaded, self.device
         positions = np.asarray(store.shard_range(shard))
-        view = rs.load(positions) if hasattr(rs, "load") else rs
+        view = rs.load(positions)  # parses these records only
         ts = tokenize(_render_all(view, positions, loaded.tokenizer, spec.template), loaded.tokenizer,
                       spec.max_length)
         stats = ShardStats(shard=shard, records=len(positions), truncated=int(ts.n_truncated))
@@ -251,36 +250,6 @@ class ShardExtractor:
             scales[order] = writer.scales.cpu().numpy()
         store.write_shard(shard, features, scales, [view.ids[i] for i in positions])
         return stats
-
-
-def _reusable_store(store, model, rs, spec_args: dict) -> bool:
-    """True when ``store`` is complete and was made for exactly this request: then the model need not load.
-
-    Before the model loads the request is known but for the layout (dims need the model's width), so the store
-    is asked only about what is: the weights, the feature spec and the dataset. Anything short of a certain
-    match returns False, and the full path (which loads the model and reports a mismatch precisely) decides.
-    """
-    from .model import default_model_path, resolve_device, resolve_dtype, resolve_layers, weights_sha256
-    from .store import Manifest
-
-    if model is not None and not isinstance(model, (str, Path)):
-        return False
-    try:
-        manifest = Manifest.read_if_any(store)
-        if manifest is None or not manifest.complete or not isinstance(manifest.model.get("num_layers"), int):
-            return False
-        path = default_model_path() if model is None else Path(model)
-        if not path.exists():
-            return False
-        compute = resolve_dtype(spec_args.pop("dtype"), resolve_device(spec_args.pop("device")))
-        spec = FeatureSpec(layers=tuple(resolve_layers(spec_args.pop("layers"), manifest.model["num_layers"])),
-                           text_field=rs.text_field, compute_dtype=str(compute).replace("torch.", ""),
-                           **spec_args)
-        request = {"model": {"weights_sha256": weights_sha256(path)}, "feature_spec": spec.to_dict(),
-                   "dataset": {"fingerprint": rs.fingerprint, "n_records": len(rs)}}
-        return manifest.first_difference(request, keys=PRELOAD_MATCH_KEYS) is None
-    except (OSError, ValueError):  # InputError included: a store that cannot be read is not reused
-        return False
 
 
 @dataclass(frozen=True)
@@ -323,7 +292,7 @@ class ExtractRequest:
     trust_remote_code: bool = False
 
     def load_model(self) -> "LoadedModel":
-        from .model import load_model
+        from mads_fast.model import load_model
 
         return load_model(self.model, device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
 
@@ -335,7 +304,7 @@ class ExtractRequest:
         return layer_dim
 
     def spec_for(self, facts: ModelFacts, rs: "RecordSet") -> FeatureSpec:
-        from .model import resolve_layers
+        from mads_fast.model import resolve_layers
 
         return FeatureSpec(layers=tuple(resolve_layers(self.layers, facts.num_layers)), feature=self.feature,
                            pool=self.pool, project=self.project, project_seed=self.project_seed, quant=self.quant,
@@ -344,7 +313,7 @@ class ExtractRequest:
 
     def open_store(self, store, facts: ModelFacts, rs: "RecordSet") -> "FeatureStore":
         """Create, resume or reuse the store for this request on ``rs`` (InputError if it was made for another)."""
-        from .store import FeatureStore
+        from mads_fast.store import FeatureStore
 
         spec = self.spec_for(facts, rs)
         layer_dim = self.layer_dim(facts)
@@ -375,7 +344,7 @@ def pending_shards(store_obj: "FeatureStore") -> list:
 
 def ensure_offset(store_obj: "FeatureStore", quant: str, n_records: int, calibrate) -> Optional[np.ndarray]:
     """The store's int8/bit offset: read if written, else ``calibrate()`` once and write it (None for float quants)."""
-    from .store import load_offset
+    from mads_fast.store import load_offset
 
     if quant not in ("int8", "bit"):
         return None
@@ -404,82 +373,3 @@ def progress_bar(total: int, enabled: bool):
         bar.set_postfix_str(f"{seen[0] / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s", refresh=False)
 
     return update, bar.close
-
-
-def extract(data: Union[str, Path, "RecordSet"], store: Union[str, Path], *,
-            model: Union[None, str, Path, "LoadedModel"] = None,
-            layers: Union[None, int, float, str, Sequence[Union[int, float]]] = None, feature: str = "hidden",
-            pool: str = "mean", project: Optional[int] = None, project_seed: int = 0, quant: str = "fp16",
-            max_length: int = 1024, tokens_per_batch: int = 16384, shard_size: int = 4096,
-            text_field: Optional[str] = None, template: str = "chat", lenient: bool = False,
-            limit: Optional[int] = None, device: Optional[str] = None, dtype: str = "auto",
-            trust_remote_code: bool = False, ray: Optional[str] = None, workers: Optional[int] = None,
-            gpus_per_worker: Optional[float] = None, progress: bool = True) -> ExtractStats:
-    """Extract one feature row per record of ``data`` into the feature store at ``store``.
-
-    ``data`` is a path (JSONL, JSON array, Parquet, saved ``datasets`` directory) or a RecordSet from
-    ``mads_fast.data.read_records``; ``model`` a model directory, a ``.gguf`` file, a loaded
-    ``LoadedModel``, or None for the embedded default (SmolLM2-135M-Instruct). A matching complete store is
-    reused; a matching incomplete one is resumed at its first unwritten shard; a store made for another
-    request is an error. Returns statistics (tokens/s, padding, truncations, timings).
-
-    ``ray``: run the shards on Ray actors ("local": a local instance; "auto": the cluster named by
-    ``RAY_ADDRESS``, else a local one; or a cluster address) with ``workers`` actors of
-    ``gpus_per_worker`` GPUs each (see ``mads_fast.extraction_ray``); the store's bytes are the same.
-    """
-    from .data import RecordSet, read_records
-    from .model import LoadedModel
-
-    _check_options(pool, quant, template, feature, project, max_length, tokens_per_batch, shard_size)
-    if ray is not None or workers is not None or gpus_per_worker is not None:
-        from .extraction_ray import check_ray_options
-
-        check_ray_options(ray, workers, gpus_per_worker)
-    t_start = time.perf_counter()
-    rs = data if isinstance(data, RecordSet) else read_records(data, text_field=text_field, lenient=lenient,
-                                                               limit=limit)
-    log.info("records: %s", rs.describe())
-    if _reusable_store(store, model, rs, dict(layers=layers, feature=feature, pool=pool, project=project,
-                                              project_seed=project_seed, quant=quant, max_length=max_length,
-                                              template=template, dtype=dtype, device=device)):
-        log.info("store %s already holds these features; reusing it (model not loaded)", store)
-        return ExtractStats(store=str(store), n_records=len(rs), n_shards_written=0, reused=True,
-                            detected=rs.describe(), seconds=time.perf_counter() - t_start)
-    request = ExtractRequest(model=None if model is None or isinstance(model, LoadedModel) else str(model),
-                             layers=tuple(layers) if isinstance(layers, (list, tuple)) else layers, feature=feature,
-                             pool=pool, project=project, project_seed=project_seed, quant=quant,
-                             max_length=max_length, tokens_per_batch=tokens_per_batch, shard_size=shard_size,
-                             template=template, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    if ray is not None:
-        if isinstance(model, LoadedModel):
-            raise InputError("a loaded model cannot be sent to Ray workers; pass its path", param="model")
-        from .extraction_ray import extract_on_ray
-
-        return extract_on_ray(rs, store, request, address=ray, workers=workers, gpus_per_worker=gpus_per_worker,
-                              progress=progress, t_start=t_start)
-    t0 = time.perf_counter()
-    loaded = model if isinstance(model, LoadedModel) else request.load_model()
-    stats = ExtractStats(store=str(store), n_records=len(rs), n_shards_written=0, reused=False,
-                         detected=rs.describe(), model_seconds=time.perf_counter() - t0)
-    store_obj = request.open_store(store, ModelFacts.of(loaded), rs)
-    if store_obj.complete:
-        log.info("store %s already holds these features; reusing it", store)
-        stats.reused = True
-        stats.seconds = time.perf_counter() - t_start
-        return stats
-    extractor = request.extractor(loaded, rs)
-    t0 = time.perf_counter()
-    extractor.use_offset(ensure_offset(store_obj, quant, len(rs), lambda: extractor.calibrate(rs)))
-    stats.calibration_seconds = time.perf_counter() - t0
-    todo = pending_shards(store_obj)
-    update, close = progress_bar(sum(len(store_obj.shard_range(s)) for s in todo), progress)
-    t_loop = time.perf_counter()
-    try:
-        for shard in todo:
-            stats.add(extractor.run(rs, store_obj, shard, on_batch=update))
-    finally:
-        close()
-    store_obj.finalize()
-    stats.seconds = time.perf_counter() - t_start
-    stats.extra["loop_seconds"] = time.perf_counter() - t_loop
-    return stats

@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from .cluster import check_shared, connect, import_ray, write_probe
-from .errors import InputError
-from .extraction import (ExtractRequest, ExtractStats, ModelFacts, ShardStats, ensure_offset, pending_shards,
+from mads_fast.cluster import check_shared, connect, import_ray, write_probe
+from mads_fast.errors import InputError
+
+from .shard import (ExtractRequest, ExtractStats, ModelFacts, ShardStats, ensure_offset, pending_shards,
                          progress_bar)
 
 if TYPE_CHECKING:
-    from .data import RecordSet
+    from mads_fast.data import RecordSet
 
 log = logging.getLogger("mads_fast")
 
@@ -107,7 +108,7 @@ class ExtractWorker:
         return self._call(run)
 
     def start(self, rs: "RecordSet", offset: Optional[np.ndarray]):
-        from .store import FeatureStore, Manifest
+        from mads_fast.store import FeatureStore, Manifest
 
         def run():
             self._ensure_model()
