@@ -41,6 +41,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--shard-size", type=int, default=125, help="records per shard (125: 8 shards of 1,000)")
     parser.add_argument("--gpus", action="store_true", help="GPU runs instead of the CPU ones")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds; each round runs every configuration once, in turn, so slow drift of a shared "
+                        "machine hits all alike (the table takes each one's median)")
     parser.add_argument("--out", default=str(HERE / "results" / "scale_cpu"), help="results prefix (.jsonl, .md)")
     a = parser.parse_args(argv)
 
@@ -50,6 +53,7 @@ def main(argv=None) -> int:
     from mads_fast.atomic import atomic_write
     from mads_fast.extraction import extract
 
+    load_start = os.getloadavg()[0]
     env = environment("cuda" if a.gpus else "cpu")
     env["ray"] = ray.__version__
     work = Path(tempfile.mkdtemp(prefix="mads-scale-"))
@@ -70,42 +74,62 @@ def main(argv=None) -> int:
         print(json.dumps(row), flush=True)
 
     try:
-        single = extract(data, work / "single", **options)
-        reference = store_hashes(work / "single")
-        record("single", single)
         t0 = time.perf_counter()
         ray.init(num_cpus=os.cpu_count(), num_gpus=1 if a.gpus else 0, include_dashboard=False, log_to_driver=False,
                  logging_level="WARNING")
         init_seconds = time.perf_counter() - t0
-        plans = [("ray 1 GPU worker", 1, 1.0), ("ray 2 workers x 0.5 GPU", 2, 0.5)] if a.gpus else \
-            [("ray 1 worker x 2 threads", 1, None), ("ray 2 workers x 1 thread", 2, None)]
-        for name, workers, gpus in plans:
-            store = work / name.replace(" ", "_")
-            t0 = time.perf_counter()
-            stats = extract(data, store, ray="local", workers=workers, gpus_per_worker=gpus, **options)
-            startup = stats.seconds - stats.extra["loop_seconds"] + (init_seconds if not rows[1:] else 0.0)
-            record(name, stats, startup=startup, same=store_hashes(store) == reference)
+        plans = [("single", None, None)] + ([("ray 1 GPU worker", 1, 1.0), ("ray 2 workers x 0.5 GPU", 2, 0.5)]
+                                            if a.gpus else [("ray 1 worker x 2 threads", 1, None),
+                                                            ("ray 2 workers x 1 thread", 2, None)])
+        reference = None
+        for round_ in range(a.repeat):
+            for name, workers, gpus in plans:
+                store = work / f"{name.replace(' ', '_')}_{round_}"
+                if workers is None:
+                    stats = extract(data, store, **options)
+                    if reference is None:
+                        reference = store_hashes(store)
+                    record(name, stats)
+                else:
+                    stats = extract(data, store, ray="local", workers=workers, gpus_per_worker=gpus, **options)
+                    record(name, stats, startup=stats.seconds - stats.extra["loop_seconds"],
+                           same=store_hashes(store) == reference)
+                shutil.rmtree(store, ignore_errors=True)
     finally:
         if ray.is_initialized():
             ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
 
-    base = rows[0]
+    import statistics
+
+    summary = []
+    for name in dict.fromkeys(r["run"] for r in rows):
+        mine = [r for r in rows if r["run"] == name]
+        summary.append(dict(mine[0], tokens_per_s=statistics.median(r["tokens_per_s"] for r in mine),
+                            records_per_s=statistics.median(r["records_per_s"] for r in mine),
+                            startup_seconds=None if mine[0]["startup_seconds"] is None else
+                            statistics.median(r["startup_seconds"] for r in mine),
+                            same_bytes=None if mine[0]["same_bytes"] is None else all(r["same_bytes"] for r in mine),
+                            spread=f"{min(r['tokens_per_s'] for r in mine):,.0f}-{max(r['tokens_per_s'] for r in mine):,.0f}"))
+    base = summary[0]
     lines = [f"# Extraction on Ray vs one process ({env['date']})", "",
              f"Device: {env['device']}; torch {env['torch']}, transformers {env['transformers']}, Ray {env['ray']}, "
              f"mads_fast {env['mads_fast']} ({env['commit']}).", "",
              f"Command: `python bench/bench_scale.py --records {a.records} --max-length {a.max_length} "
-             f"--shard-size {a.shard_size}{' --gpus' if a.gpus else ''}` (SmolLM2-135M-Instruct, fp16 store, "
-             f"{base['records']:,} Alpaca records, {base['tokens']:,} tokens).", "",
-             "| run | records/s | tokens/s | vs one process | start-up s | store bytes = one process |",
+             f"--shard-size {a.shard_size} --repeat {a.repeat}{' --gpus' if a.gpus else ''}` (SmolLM2-135M-Instruct, "
+             f"fp16 store, {base['records']:,} Alpaca records, {base['tokens']:,} tokens; ray.init took "
+             f"{init_seconds:.1f} s). Medians of {a.repeat} interleaved round(s); load average at the start "
+             f"{load_start:.2f}.", "",
+             "| run | records/s | tokens/s (range) | vs one process | start-up s | store bytes = one process |",
              "|---|---|---|---|---|---|"]
-    for row in rows:
+    for row in summary:
         ratio = row["tokens_per_s"] / base["tokens_per_s"]
-        lines.append(f"| {row['run']} | {row['records_per_s']:,.1f} | {row['tokens_per_s']:,.0f} | {ratio:.3f} | "
+        lines.append(f"| {row['run']} | {row['records_per_s']:,.1f} | {row['tokens_per_s']:,.0f} ({row['spread']}) | "
+                     f"{ratio:.3f} | "
                      f"{'' if row['startup_seconds'] is None else row['startup_seconds']} | "
                      f"{'' if row['same_bytes'] is None else ('yes' if row['same_bytes'] else 'NO')} |")
-    lines += ["", "Throughput is the shard loop alone (model load excluded). Start-up: ray.init (first Ray run only), "
-              "starting the actors and each worker's model load, and the driver's set-up."]
+    lines += ["", "Throughput is the shard loop alone (model load excluded). Start-up: starting the actors, each "
+              "worker's model load, the probe and the driver's set-up (ray.init apart, above)."]
     jsonl = "".join(json.dumps(r) + "\n" for r in rows).encode()
     atomic_write(f"{a.out}.jsonl", lambda f: f.write(jsonl))
     atomic_write(f"{a.out}.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
