@@ -35,6 +35,54 @@ def store_hashes(store: Path) -> dict:
             if p.name != "manifest.json"}
 
 
+def command(a) -> str:
+    return (f"python bench/bench_scale.py --records {a.records} --max-length {a.max_length} --shard-size "
+            f"{a.shard_size} --repeat {a.repeat}{' --gpus' if a.gpus else ''}")
+
+
+def write_results(out: str, rows: list, cmd: str, rounds: int, note: str = "") -> None:
+    """``out``.jsonl (every row) and ``out``.md (the medians of each run over the rounds, as ratios)."""
+    import statistics
+
+    from mads_fast.atomic import atomic_write
+
+    summary = []
+    for name in dict.fromkeys(r["run"] for r in rows):
+        mine = [r for r in rows if r["run"] == name]
+        summary.append(dict(mine[0], tokens_per_s=statistics.median(r["tokens_per_s"] for r in mine),
+                            records_per_s=statistics.median(r["records_per_s"] for r in mine),
+                            startup_seconds=None if mine[0]["startup_seconds"] is None else
+                            statistics.median(r["startup_seconds"] for r in mine),
+                            same_bytes=None if mine[0]["same_bytes"] is None else all(r["same_bytes"] for r in mine),
+                            spread=f"{min(r['tokens_per_s'] for r in mine):,.0f}-{max(r['tokens_per_s'] for r in mine):,.0f}"))
+    base = summary[0]
+    init = base.get("ray_init_seconds")
+    load = base.get("load_average")
+    lines = [f"# Extraction on Ray vs one process ({base['date']})", "",
+             f"Device: {base['device']}; torch {base['torch']}, transformers {base['transformers']}, Ray {base['ray']}, "
+             f"mads_fast {base['mads_fast']} ({base['commit']}).", "",
+             f"Command: `{cmd}` (SmolLM2-135M-Instruct, fp16 store, {base['records']:,} Alpaca records, "
+             f"{base['tokens']:,} tokens" + ("" if init is None else f"; ray.init took {init:.1f} s") +
+             f"). Medians of {rounds} interleaved round(s)" +
+             ("" if load is None else f"; load average at the start {load:.2f}") + ".", "",
+             "| run | records/s | tokens/s (range) | vs one process | start-up s | store bytes = one process |",
+             "|---|---|---|---|---|---|"]
+    for row in summary:
+        ratio = row["tokens_per_s"] / base["tokens_per_s"]
+        lines.append(f"| {row['run']} | {row['records_per_s']:,.1f} | {row['tokens_per_s']:,.0f} ({row['spread']}) | "
+                     f"{ratio:.3f} | "
+                     f"{'' if row['startup_seconds'] is None else row['startup_seconds']} | "
+                     f"{'' if row['same_bytes'] is None else ('yes' if row['same_bytes'] else 'NO')} |")
+    lines += ["", "Throughput is the shard loop alone (model load excluded). Start-up: starting the actors, each "
+              "worker's model load, the probe and the driver's set-up (ray.init apart, above)."]
+    if note:
+        lines += ["", note]
+    jsonl = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    atomic_write(f"{out}.jsonl", lambda f: f.write(jsonl))
+    atomic_write(f"{out}.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    print("\n".join(lines))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=1000)
@@ -45,7 +93,14 @@ def main(argv=None) -> int:
                         help="rounds; each round runs every configuration once, in turn, so slow drift of a shared "
                         "machine hits all alike (the table takes each one's median)")
     parser.add_argument("--out", default=str(HERE / "results" / "scale_cpu"), help="results prefix (.jsonl, .md)")
+    parser.add_argument("--summarise", metavar="JSONL", help="only write the table (.md beside --out) from the rows of "
+                        "an earlier, possibly stopped, run")
+    parser.add_argument("--note", default="", help="a paragraph appended to the table (what the run was up against)")
     a = parser.parse_args(argv)
+    if a.summarise:
+        rows = [json.loads(line) for line in Path(a.summarise).read_text(encoding="utf-8").splitlines() if line]
+        write_results(a.out, rows, command(a), len(rows) // len(dict.fromkeys(r["run"] for r in rows)), a.note)
+        return 0
 
     import ray
 
@@ -64,14 +119,18 @@ def main(argv=None) -> int:
     if a.gpus:
         options["device"] = "cuda"
     rows = []
+    init_seconds = 0.0
 
     def record(name, stats, startup=None, same=None):
         loop = stats.extra["loop_seconds"]
         row = dict(run=name, records=stats.n_records, tokens=stats.tokens, loop_seconds=round(loop, 3),
                    records_per_s=round(stats.n_records / loop, 2), tokens_per_s=round(stats.tokens / loop, 1),
-                   startup_seconds=None if startup is None else round(startup, 2), same_bytes=same, **env)
+                   startup_seconds=None if startup is None else round(startup, 2), same_bytes=same,
+                   ray_init_seconds=round(init_seconds, 2), load_average=round(load_start, 2), **env)
         rows.append(row)
         print(json.dumps(row), flush=True)
+        jsonl = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        atomic_write(f"{a.out}.jsonl", lambda f: f.write(jsonl))  # every row kept, should the run be stopped
 
     try:
         t0 = time.perf_counter()
@@ -100,40 +159,7 @@ def main(argv=None) -> int:
             ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
 
-    import statistics
-
-    summary = []
-    for name in dict.fromkeys(r["run"] for r in rows):
-        mine = [r for r in rows if r["run"] == name]
-        summary.append(dict(mine[0], tokens_per_s=statistics.median(r["tokens_per_s"] for r in mine),
-                            records_per_s=statistics.median(r["records_per_s"] for r in mine),
-                            startup_seconds=None if mine[0]["startup_seconds"] is None else
-                            statistics.median(r["startup_seconds"] for r in mine),
-                            same_bytes=None if mine[0]["same_bytes"] is None else all(r["same_bytes"] for r in mine),
-                            spread=f"{min(r['tokens_per_s'] for r in mine):,.0f}-{max(r['tokens_per_s'] for r in mine):,.0f}"))
-    base = summary[0]
-    lines = [f"# Extraction on Ray vs one process ({env['date']})", "",
-             f"Device: {env['device']}; torch {env['torch']}, transformers {env['transformers']}, Ray {env['ray']}, "
-             f"mads_fast {env['mads_fast']} ({env['commit']}).", "",
-             f"Command: `python bench/bench_scale.py --records {a.records} --max-length {a.max_length} "
-             f"--shard-size {a.shard_size} --repeat {a.repeat}{' --gpus' if a.gpus else ''}` (SmolLM2-135M-Instruct, "
-             f"fp16 store, {base['records']:,} Alpaca records, {base['tokens']:,} tokens; ray.init took "
-             f"{init_seconds:.1f} s). Medians of {a.repeat} interleaved round(s); load average at the start "
-             f"{load_start:.2f}.", "",
-             "| run | records/s | tokens/s (range) | vs one process | start-up s | store bytes = one process |",
-             "|---|---|---|---|---|---|"]
-    for row in summary:
-        ratio = row["tokens_per_s"] / base["tokens_per_s"]
-        lines.append(f"| {row['run']} | {row['records_per_s']:,.1f} | {row['tokens_per_s']:,.0f} ({row['spread']}) | "
-                     f"{ratio:.3f} | "
-                     f"{'' if row['startup_seconds'] is None else row['startup_seconds']} | "
-                     f"{'' if row['same_bytes'] is None else ('yes' if row['same_bytes'] else 'NO')} |")
-    lines += ["", "Throughput is the shard loop alone (model load excluded). Start-up: starting the actors, each "
-              "worker's model load, the probe and the driver's set-up (ray.init apart, above)."]
-    jsonl = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    atomic_write(f"{a.out}.jsonl", lambda f: f.write(jsonl))
-    atomic_write(f"{a.out}.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
-    print("\n".join(lines))
+    write_results(a.out, rows, command(a), a.repeat, a.note)
     return 0
 
 
