@@ -63,8 +63,8 @@ def _add_extract(p):
                    help="render with the model's chat template (default), an Alpaca prompt, or the raw text")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     g.add_argument("--dtype", choices=COMPUTE_DTYPES, default="auto",
-                   help="model compute precision (auto: fp32 on CPU, bf16 on GPU; bf16 is faster on CPUs with "
-                   "AVX-512 BF16, at some cost in feature precision)")
+                   help="model compute precision (auto: bf16 on a GPU and on CPUs with AMX-BF16 or AVX512-BF16, fp32 "
+                   "elsewhere; an existing store keeps the precision it was made with)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model directory")
     g = p.add_argument_group("distributed extraction (needs Ray: pip install \"mads-fast[ray]\")")
     g.add_argument("--ray", nargs="?", const="auto", metavar="local|auto|ADDRESS",

@@ -54,13 +54,60 @@ def resolve_device(device: Optional[str] = None) -> str:
     return str(device) if device else ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cpu_bf16_support() -> Optional[str]:
+    """The CPU's native bf16 matrix instructions, named ("AMX-BF16", "AVX512-BF16", "ARM BF16"), or None.
+
+    Asks torch first (what its kernels dispatch on), then the kernel's CPU flags. Without them torch runs
+    bf16 by converting to fp32 around every matmul, slower than fp32 itself.
+    """
+    try:
+        import torch
+
+        cpu = torch.cpu
+        if getattr(cpu, "_is_amx_tile_supported", lambda: False)():
+            return "AMX-BF16"
+        if getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
+            return "AVX512-BF16"
+    except ImportError:  # pragma: no cover - torch is part of the extraction install
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    flags = set(value.split())
+                    if "amx_bf16" in flags:
+                        return "AMX-BF16"
+                    if "avx512_bf16" in flags:
+                        return "AVX512-BF16"
+                    if "bf16" in flags:
+                        return "ARM BF16"
+                    return None
+    except OSError:
+        pass
+    return None
+
+
+def auto_dtype(device: str):
+    """(torch dtype, why) for ``dtype="auto"``: bf16 on CUDA and on CPUs with native bf16, else fp32."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.bfloat16, "a CUDA device"
+    isa = cpu_bf16_support()
+    if isa:
+        return torch.bfloat16, f"this CPU has {isa}"
+    return torch.float32, "this CPU has no native bf16 (AVX512-BF16/AMX), where bf16 runs slower than fp32"
+
+
 def resolve_dtype(dtype, device: str):
-    """'auto' (or None): float32 on CPU, bfloat16 on CUDA; else 'fp32' | 'bf16' | 'fp16' or a torch dtype."""
+    """'auto' (or None): bfloat16 on CUDA and on CPUs with native bf16 (``auto_dtype``), else float32; or
+    'fp32' | 'bf16' | 'fp16' or a torch dtype."""
     import torch
 
     names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if dtype in (None, "auto"):
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        return auto_dtype(device)[0]
     if isinstance(dtype, str):
         if dtype not in names:
             raise InputError(f"unknown precision {dtype!r} (choose from auto, {', '.join(names)})", param="dtype")
@@ -125,10 +172,10 @@ def load_model(path: Union[str, os.PathLike, None] = None, *, device: Optional[s
     """Load a causal LM from a local Hugging Face directory or a ``.gguf`` file (``None``: the default).
 
     Nothing is fetched from a model hub: ``HF_HUB_OFFLINE`` is forced and ``local_files_only`` is set.
-    ``dtype`` defaults to float32 on CPU and bfloat16 on CUDA.
+    ``dtype`` ("auto" or None) is bfloat16 on CUDA and on CPUs with native bf16, else float32 (``auto_dtype``;
+    the choice and its reason are logged).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -140,6 +187,9 @@ def load_model(path: Union[str, os.PathLike, None] = None, *, device: Optional[s
     if path.is_file() and path.suffix != ".gguf":
         raise InputError("a model file must be .gguf (or pass a model directory)", path=path)
     device = resolve_device(device)
+    if dtype in (None, "auto"):
+        dtype, why = auto_dtype(device)
+        log.info("model precision: %s (--dtype auto: %s)", str(dtype).replace("torch.", ""), why)
     dtype = resolve_dtype(dtype, device)
     kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
     source_dir, gguf = (path.parent, path.name) if path.is_file() else (path, None)

@@ -63,6 +63,52 @@ def _reusable_store(store, model, rs, spec_args: dict) -> bool:
         return False
 
 
+STORE_DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def store_compute_dtype(store, dtype: Optional[str]) -> Optional[str]:
+    """``dtype`` as extraction should run it on ``store``: for "auto" (or None), the precision an existing store
+    (complete or not) was made with, so that a store made under another machine's "auto" is reused or resumed,
+    never refused; otherwise ``dtype`` itself."""
+    from mads_fast.store import Manifest
+
+    if dtype not in (None, "auto"):
+        return dtype
+    try:
+        manifest = Manifest.read_if_any(store)
+    except (OSError, ValueError):  # an unreadable store is reported by the full path, precisely
+        return dtype
+    spec = {} if manifest is None else manifest.data.get("feature_spec") or {}
+    made = STORE_DTYPE_NAMES.get(str(spec.get("compute_dtype")))
+    if made is None:
+        return dtype
+    log.info("model precision: %s, the precision store %s was made with (--dtype auto keeps it)", made, store)
+    return made
+
+
+def run_prefetched(extractor: ShardExtractor, rs, store, shards, on_shard, on_batch=None) -> None:
+    """Run ``shards`` in order, each shard's records parsed, rendered and tokenised on a thread while the model
+    runs the one before (the tokenizer releases the GIL; torch's matmuls do too), so the model does not wait
+    for its input. The bytes are those of running them one by one: preparation is deterministic and separate.
+    ``on_shard(ShardStats)`` after each shard; an error while preparing surfaces when that shard is due."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shards = list(shards)
+    if not shards:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mads-prepare") as pool:
+        ahead = pool.submit(extractor.prepare, rs, store, shards[0])
+        for i, shard in enumerate(shards):
+            prepared = ahead.result()
+            if i + 1 < len(shards):
+                ahead = pool.submit(extractor.prepare, rs, store, shards[i + 1])
+            try:
+                on_shard(extractor.run(rs, store, shard, on_batch=on_batch, prepared=prepared))
+            except BaseException:
+                ahead.cancel()
+                raise
+
+
 def extract(data: Union[str, Path, "RecordSet"], store: Union[str, Path], *,
             model: Union[None, str, Path, "LoadedModel"] = None,
             layers: Union[None, int, float, str, Sequence[Union[int, float]]] = None, feature: str = "hidden",
@@ -96,6 +142,7 @@ def extract(data: Union[str, Path, "RecordSet"], store: Union[str, Path], *,
     rs = data if isinstance(data, RecordSet) else read_records(data, text_field=text_field, lenient=lenient,
                                                                limit=limit)
     log.info("records: %s", rs.describe())
+    dtype = store_compute_dtype(store, dtype)
     if _reusable_store(store, model, rs, dict(layers=layers, feature=feature, pool=pool, project=project,
                                               project_seed=project_seed, quant=quant, max_length=max_length,
                                               template=template, dtype=dtype, device=device)):
@@ -132,8 +179,7 @@ def extract(data: Union[str, Path, "RecordSet"], store: Union[str, Path], *,
     update, close = progress_bar(sum(len(store_obj.shard_range(s)) for s in todo), progress)
     t_loop = time.perf_counter()
     try:
-        for shard in todo:
-            stats.add(extractor.run(rs, store_obj, shard, on_batch=update))
+        run_prefetched(extractor, rs, store_obj, todo, lambda shard_stats: stats.add(shard_stats), update)
     finally:
         close()
     store_obj.finalize()

@@ -146,6 +146,16 @@ def _render_all(rs, positions, tokenizer, template):
 
 
 @dataclass
+class PreparedShard:
+    """A shard ready for the model: its positions in the record set, their ids, tokens and batches."""
+    shard: int
+    positions: np.ndarray   # int64 [n] record positions, shard order
+    ids: list               # the records' stable ids, shard order
+    tokens: object          # mads_fast.tokens.TokenizedSet: the rendered records, tokenised
+    batches: list           # mads_fast.tokens batches (row indices into the shard, padded length)
+
+
+@dataclass
 class ShardStats:
     """What one shard cost: records, valid and padded tokens, truncations."""
     shard: int
@@ -213,18 +223,32 @@ class ShardExtractor:
         self.offset = None if offset is None else torch.as_tensor(np.asarray(offset, dtype=np.float32),
                                                                   device=self.device)
 
-    def run(self, rs: "RecordSet", store: "FeatureStore", shard: int, on_batch=None) -> ShardStats:
-        """Extract shard ``shard`` of ``rs`` and write it into ``store``; ``on_batch(rows, tokens)`` after each batch."""
-        from mads_fast.model import ActivationCapture
-        from mads_fast.tokens import collate, plan_batches, tokenize
+    def prepare(self, rs: "RecordSet", store: "FeatureStore", shard: int) -> "PreparedShard":
+        """Shard ``shard``'s records parsed, rendered, tokenised and batched: the CPU-side half of ``run``, which
+        the single-process loop does for the next shard on a thread while the model runs the current one."""
+        from mads_fast.tokens import plan_batches, tokenize
 
-        spec, loaded, device = self.spec, self.loaded, self.device
         positions = np.asarray(store.shard_range(shard))
         view = rs.load(positions)  # parses these records only
-        ts = tokenize(_render_all(view, positions, loaded.tokenizer, spec.template), loaded.tokenizer,
-                      spec.max_length)
-        stats = ShardStats(shard=shard, records=len(positions), truncated=int(ts.n_truncated))
+        ts = tokenize(_render_all(view, positions, self.loaded.tokenizer, self.spec.template), self.loaded.tokenizer,
+                      self.spec.max_length)
         batches, _ = plan_batches(ts.lengths, self.tokens_per_batch)
+        return PreparedShard(shard, positions, [view.ids[i] for i in positions], ts, batches)
+
+    def run(self, rs: "RecordSet", store: "FeatureStore", shard: int, on_batch=None,
+            prepared: Optional["PreparedShard"] = None) -> ShardStats:
+        """Extract shard ``shard`` of ``rs`` and write it into ``store``; ``on_batch(rows, tokens)`` after each batch.
+        ``prepared``: this shard's ``prepare`` output, when it was made ahead."""
+        from mads_fast.model import ActivationCapture
+        from mads_fast.tokens import collate
+
+        spec, loaded, device = self.spec, self.loaded, self.device
+        if prepared is None:
+            prepared = self.prepare(rs, store, shard)
+        if prepared.shard != shard:
+            raise ValueError(f"prepared shard {prepared.shard} handed to run for shard {shard}")
+        positions, ts, batches = prepared.positions, prepared.tokens, prepared.batches
+        stats = ShardStats(shard=shard, records=len(positions), truncated=int(ts.n_truncated))
         writer = _ShardWriter(len(positions), spec, self.layer_dim, self.projections, self.offset, device)
         order = np.concatenate([b.indices for b in batches])  # buffer row r holds shard record order[r]
         start = 0
@@ -248,7 +272,7 @@ class ShardExtractor:
         if quant in ("int8", "bit"):
             scales = np.empty((len(positions), n_slots), dtype=np.float32)
             scales[order] = writer.scales.cpu().numpy()
-        store.write_shard(shard, features, scales, [view.ids[i] for i in positions])
+        store.write_shard(shard, features, scales, prepared.ids)
         return stats
 
 
