@@ -54,7 +54,16 @@ from ._result import GreedyResult
 
 log = logging.getLogger("mads_fast")
 
-DEFAULT_REFINE_BATCH = 16  # candidates per refinement round trip: most steps then need one
+# Candidates per refinement round trip when ``refine_batch`` is None: batches of 16 need ~1.3 round trips per
+# pick but evaluate ~1.7x the candidates of batches of 4 (~2.9 per pick): N=5000, D=64, M=4, k=500 (bench/).
+# A worker's evaluation costs its rows x D multiply-adds; a round trip about the time of REFINE_WORK of them,
+# so the batch shrinks from 16 to 4 as evaluations get dear.
+REFINE_WORK = 1 << 24
+
+
+def refine_batch_for(rows_per_worker: int, d: int) -> int:
+    """The automatic refinement batch (see REFINE_WORK): in [4, 16]."""
+    return int(min(16, max(4, REFINE_WORK // max(1, rows_per_worker * d))))
 
 
 class PartitionedFacilityLocation:
@@ -63,7 +72,7 @@ class PartitionedFacilityLocation:
     Parameters: ``budget`` (int count in [1, N] or float fraction); ``partitions`` (M, in [1, N]);
     ``partition`` ("kmeans" | "random"); ``merge`` ("refined" | "separable"); ``backend``, ``mode``,
     ``n_neighbors``, ``batch_size`` as in ``FacilityLocation`` (per partition); ``refine_batch`` (stale
-    candidates evaluated per refinement round trip); ``margin`` (extra fraction of each partition's budget
+    candidates evaluated per refinement round trip; None: 16 down to 4 as N x D per worker grows); ``margin`` (extra fraction of each partition's budget
     share, >= 0); ``random_state`` (seeds the partition); ``workers`` (processes or actors, default
     min(non-empty partitions, CPUs)); ``ray`` (None: local processes; else a Ray address).
 
@@ -75,7 +84,7 @@ class PartitionedFacilityLocation:
 
     def __init__(self, budget: Union[int, float], partitions: int, partition: str = "kmeans",
                  merge: str = "refined", backend: str = "auto", mode: str = "dense", n_neighbors: int = 64,
-                 batch_size: Optional[int] = None, refine_batch: int = DEFAULT_REFINE_BATCH, margin: float = 0.25,
+                 batch_size: Optional[int] = None, refine_batch: Optional[int] = None, margin: float = 0.25,
                  random_state: Optional[int] = 0, workers: Optional[int] = None, ray: Optional[str] = None) -> None:
         self.budget = budget
         self.partitions = partitions
@@ -98,7 +107,8 @@ class PartitionedFacilityLocation:
         check_choice("merge", self.merge, MERGES)
         check_choice("mode", self.mode, MODES)
         check_positive_int("n_neighbors", self.n_neighbors)
-        check_positive_int("refine_batch", self.refine_batch)
+        if self.refine_batch is not None:
+            check_positive_int("refine_batch", self.refine_batch)
         if self.batch_size is not None:
             check_positive_int("batch_size", self.batch_size)
         if self.workers is not None:
@@ -165,7 +175,7 @@ class PartitionedFacilityLocation:
             raise InputError(f"cannot memory-map the solver input: {exc}", path=path) from None
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0 or X.dtype not in (np.int8, np.float32):
             raise InputError(f"expected a non-empty [N, D] int8 or float32 array, got {X.shape} {X.dtype}", path=path)
-        n = X.shape[0]
+        n, d = X.shape
         k = self.check_sizes(n)
         m = int(self.partitions)
 
@@ -195,7 +205,7 @@ class PartitionedFacilityLocation:
             if len(parts) == 1:
                 result, backend = self._single(pool, owner, k, seconds)
             else:
-                result, backend, extra = self._merged(pool, owner, parts, labels, k, seconds)
+                result, backend, extra = self._merged(pool, owner, parts, labels, k, d, seconds)
             rss = pool.call("peak_rss", [()] * len(pool))
         finally:
             pool.close()
@@ -244,7 +254,7 @@ class PartitionedFacilityLocation:
                               out["n_evaluations"], 0, dict(out["profile"]))
         return result, out["backend"]
 
-    def _merged(self, pool, owner, parts: dict, labels: np.ndarray, k: int, seconds: dict):
+    def _merged(self, pool, owner, parts: dict, labels: np.ndarray, k: int, d: int, seconds: dict):
         n = labels.size
         sizes = {p: rows.size for p, rows in parts.items()}
         share = {p: math.ceil(k * size / n) for p, size in sizes.items()}
@@ -285,7 +295,7 @@ class PartitionedFacilityLocation:
             result = GreedyResult(ranking, gains, nearest, sim, 0, 0, {})
         else:
             candidates = np.unique(np.concatenate([r[0] for r in runs.values()]))
-            batch = int(self.refine_batch)
+            batch = int(self.refine_batch or refine_batch_for(-(-n // len(pool)), d))
             out = refine(pool, candidates, k, batch)
             nearest = np.empty(n, dtype=np.int64)
             sim = np.empty(n, dtype=np.float32)
@@ -293,7 +303,7 @@ class PartitionedFacilityLocation:
                 nearest[rows] = near
                 sim[rows] = s
             seconds["refine"] = time.perf_counter() - t0
-            extra.update(candidates=int(candidates.size), round_trips=int(out["round_trips"]),
+            extra.update(candidates=int(candidates.size), refine_batch=batch, round_trips=int(out["round_trips"]),
                          refine_worker_seconds=[float(f[3]) for f in out["finals"]])
             result = GreedyResult(out["ranking"], out["gains"], nearest, sim, int(out["n_evaluations"]), 0, {})
         extra["partition_seconds"] = {int(p): float(s) for p, s in solve_seconds.items()}
