@@ -336,6 +336,15 @@ def test_kmeans_without_faiss_says_how_to_install_it(no_workers, monkeypatch):
     assert info.value.param == "partition" and 'pip install "mads-fast[faiss]"' in str(info.value)
 
 
+def test_select_checks_partitions_before_reading_the_data(tmp_path):
+    with pytest.raises(InputError) as info:
+        pipeline.select(tmp_path / "missing.jsonl", 0.5, partitions=0)
+    assert info.value.param == "partitions"
+    with pytest.raises(InputError) as info:
+        pipeline.select(tmp_path / "missing.jsonl", 0.5, partitions=2, objective="kcenter")
+    assert info.value.param == "partitions" and "facility location" in str(info.value)
+
+
 def test_cli_bad_partitions_exit_2_one_line(tmp_path, capsys):
     path, _ = _store(tmp_path, n=20)
     code = main(["solve", "--store", str(path), "--budget", "5", "--partitions", "30", "--quiet"])

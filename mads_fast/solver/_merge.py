@@ -38,9 +38,10 @@ from ._tie import tie_tolerance
 Sequences = Dict[int, Tuple[np.ndarray, np.ndarray]]  # partition -> (global picks int64 [b], gains float64 [b])
 
 
-def grown_budget(have: int, size: int, still_needed: int) -> int:
-    """The budget a used-up partition is rerun with: at least double, at least what the merge may still take."""
-    return min(size, max(2 * have, have + still_needed, have + 16))
+def grown_budget(have: int, size: int) -> int:
+    """The budget a used-up partition is rerun with: double (at least 16 more), so a partition that the merge
+    keeps drawing on costs O(log) reruns, and never the whole remaining budget for one early shortfall."""
+    return min(size, max(2 * have, have + 16))
 
 
 def merge_separable(sequences: Sequences, sizes: Dict[int, int], k: int,
@@ -67,7 +68,7 @@ def merge_separable(sequences: Sequences, sizes: Dict[int, int], k: int,
                 unknown.append((float(g[-1]) if g.size else math.inf, p))
         best = max((h[0] for h in known), default=-math.inf)
         floor = best - 2.0 * tie_tolerance(best) if known else -math.inf
-        need = {p: grown_budget(seqs[p][0].size, sizes[p], k - len(picks)) for bound, p in unknown if bound >= floor}
+        need = {p: grown_budget(seqs[p][0].size, sizes[p]) for bound, p in unknown if bound >= floor}
         if need:
             reruns += len(need)
             consistent = True

@@ -44,8 +44,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def kmeans_labels(X, m: int, seed) -> np.ndarray:
     """int64 [N]: the nearest of m spherical k-means centroids of each row of X ([N, D], a memory map).
 
-    Centroids come from the best of ``KMEANS_REDO`` FAISS runs of ``KMEANS_ITER`` iterations on a seeded sample; ties between centroids go to
-    FAISS's order (deterministic). Rows that are all zero go to whichever centroid FAISS ranks first."""
+    Centroids come from the best of ``KMEANS_REDO`` FAISS runs of ``KMEANS_ITER`` iterations on a seeded
+    sample; ties between centroids go to FAISS's order (deterministic). Rows that are all zero go to
+    whichever centroid FAISS ranks first."""
     faiss = import_faiss()
     n, d = X.shape
     if m == 1:
@@ -54,8 +55,8 @@ def kmeans_labels(X, m: int, seed) -> np.ndarray:
     size = min(n, KMEANS_SAMPLE)
     sample = np.sort(rng.choice(n, size=size, replace=False)) if size < n else np.arange(n)
     train = _unit(X[sample])
-    km = faiss.Kmeans(d, m, niter=KMEANS_ITER, nredo=KMEANS_REDO, seed=int(rng.integers(1 << 30)), spherical=True, verbose=False,
-                      min_points_per_centroid=1, max_points_per_centroid=max(256, -(-size // m)))
+    km = faiss.Kmeans(d, m, niter=KMEANS_ITER, nredo=KMEANS_REDO, seed=int(rng.integers(1 << 30)), spherical=True,
+                      verbose=False, min_points_per_centroid=1, max_points_per_centroid=max(256, -(-size // m)))
     km.train(train)
     index = faiss.IndexFlatIP(d)
     index.add(km.centroids)

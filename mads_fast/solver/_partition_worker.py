@@ -162,8 +162,8 @@ class PartitionWorker:
         return gains
 
     def refine_finish(self, applies) -> tuple:
-        """Apply the picks not yet applied; (own global rows [n_own], nearest pick as a global row [n_own], its similarity
-        float32 [n_own], seconds spent in refine calls)."""
+        """Apply the picks not yet applied; (own global rows [n_own], nearest pick as a global row [n_own], its
+        similarity float32 [n_own], seconds spent in refine calls)."""
         self._apply(applies)
         out = (self.own, self.candidates[self.nearest], self.cur[:self.n_own].copy(), self.seconds)
         self.engine = None

@@ -72,14 +72,17 @@ class PartitionedFacilityLocation:
     Parameters: ``budget`` (int count in [1, N] or float fraction); ``partitions`` (M, in [1, N]);
     ``partition`` ("kmeans" | "random"); ``merge`` ("refined" | "separable"); ``backend``, ``mode``,
     ``n_neighbors``, ``batch_size`` as in ``FacilityLocation`` (per partition); ``refine_batch`` (stale
-    candidates evaluated per refinement round trip; None: 16 down to 4 as N x D per worker grows); ``margin`` (extra fraction of each partition's budget
-    share, >= 0); ``random_state`` (seeds the partition); ``workers`` (processes or actors, default
-    min(non-empty partitions, CPUs)); ``ray`` (None: local processes; else a Ray address).
+    candidates evaluated per refinement round trip; None: 16 down to 4 as N x D per worker grows);
+    ``margin`` (extra fraction of each partition's budget share, >= 0); ``random_state`` (seeds the
+    partition); ``workers`` (processes or actors, default min(non-empty partitions, CPUs)); ``ray`` (None:
+    local processes; else a Ray address).
 
     After ``fit``: ``ranking_`` int64 [k], ``gains_`` float64 [k], ``curve_``, ``objective_``, ``nearest_``
     int64 [N], ``nearest_similarity_`` float32 [N], ``weights_`` int64 [k], ``labels_`` int64 [N] (partition of
-    each row), ``backend_``, ``profile_`` (M, sizes, method, merge, workers, placement, seconds per phase,
-    reruns, round trips, workers' peak RSS).
+    each row), ``backend_``, ``n_evaluations_``, ``profile_`` (partitions, partition, merge, sizes,
+    nonempty_partitions, workers, placement, seconds per phase, first_budgets, partition_seconds; separable:
+    reruns, taken per partition; refined: candidates, refine_batch, round_trips, refine_worker_seconds;
+    worker_peak_rss_bytes; at one partition, the engine's own profile too).
     """
 
     def __init__(self, budget: Union[int, float], partitions: int, partition: str = "kmeans",

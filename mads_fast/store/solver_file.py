@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mads_fast.atomic import atomic_write
+from mads_fast.errors import InputError
 
 from .files import MEAN, STD, shard_name, write_json
 from .normalise import _BLOCK_BYTES, check_normalize, check_solver_dtype, quantize_rows_int8
@@ -58,8 +59,12 @@ def solver_input_file(reader, dtype: str = "int8", normalize: str = "standardize
                 x = quantize_rows_int8(x, np.empty(x.shape, dtype=np.int8))
             f.write(np.ascontiguousarray(x, dtype=np.dtype(dtype)).tobytes())
 
-    if meta.is_file():
-        meta.unlink()
-    atomic_write(path, write)
-    write_json(meta, key)
+    try:
+        if meta.is_file():
+            meta.unlink()
+        atomic_write(path, write)
+        write_json(meta, key)
+    except PermissionError as exc:
+        raise InputError(f"cannot write the solver input beside the store ({exc.strerror}); the partition "
+                         "workers read it from there: make the store writable", path=path, param="store") from None
     return path
