@@ -77,6 +77,7 @@ def test_separable_is_the_greedy_on_the_block_diagonal_similarity(partition, mar
     assert fit.weights_.sum() == len(X)
     prof = fit.profile_
     assert prof["merge"] == "separable" and prof["partitions"] == 4 and sum(prof["sizes"]) == len(X)
+    assert prof["workers"] == 2 and prof["placement"] == "local" and len(prof["worker_peak_rss_bytes"]) == 2
     assert sum(prof["taken"].values()) == k
     if (partition, margin) == ("random", 0.0):  # this seed's run takes 17 picks from a partition run for 16
         assert prof["reruns"] >= 1
@@ -145,6 +146,39 @@ def test_empty_partitions_are_skipped(monkeypatch):
     S = block_diagonal(cosine64(X), labels)
     sep = PartitionedFacilityLocation(25, 4, partition="kmeans", merge="separable", workers=2, backend="cpp").fit(X)
     np.testing.assert_array_equal(sep.ranking_, naive_greedy(S, 25)[0])
+
+
+def test_knn_mode_runs_each_partition_on_its_graph():
+    """mode="knn" reaches the partitions: with a graph as wide as a partition it is the dense separable greedy;
+    with 3 neighbours each partition's picks are its own knn greedy's, in order."""
+    X = clustered(240, 16, 4, seed=13)
+    kwargs = dict(partition="random", merge="separable", workers=2, backend="cpp", random_state=4)
+    dense = PartitionedFacilityLocation(30, 3, **kwargs).fit(X)
+    wide = PartitionedFacilityLocation(30, 3, mode="knn", n_neighbors=240, **kwargs).fit(X)
+    np.testing.assert_array_equal(wide.ranking_, dense.ranking_)
+    narrow = PartitionedFacilityLocation(30, 3, mode="knn", n_neighbors=3, **kwargs).fit(X)
+    for p in range(3):
+        rows = np.flatnonzero(narrow.labels_ == p)
+        mine = narrow.ranking_[narrow.labels_[narrow.ranking_] == p]
+        own = FacilityLocation(mine.size, mode="knn", n_neighbors=3, backend="cpp").fit(X[rows])
+        np.testing.assert_array_equal(mine, rows[own.ranking_])
+
+
+def test_local_workers_start_from_a_script_without_a_main_guard(tmp_path):
+    """Worker processes are fresh interpreters: a plain script (no ``if __name__ == "__main__"``) works."""
+    import subprocess
+    from pathlib import Path
+
+    script = tmp_path / "plain.py"
+    script.write_text("import numpy as np\nfrom mads_fast.solver import PartitionedFacilityLocation\n"
+                      "X = np.random.default_rng(0).standard_normal((80, 8)).astype(np.float32)\n"
+                      "fit = PartitionedFacilityLocation(6, 2, partition='random', workers=2).fit(X)\n"
+                      "print(fit.ranking_.size, fit.profile_['workers'])\n")
+    root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "PYTHONPATH": root})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["6", "2"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -282,6 +316,7 @@ def test_pipeline_solve_partitioned_matches_the_solver_on_the_file(tmp_path):
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     part = report["partitioned"]
     assert part["partitions"] == 3 and part["merge"] == "refined" and sum(part["sizes"]) == 90
+    assert part["workers"] == 2
     assert {"partition", "solve", "refine"} <= set(part["seconds"])
     assert len((tmp_path / "core.jsonl").read_text().splitlines()) == 20
 

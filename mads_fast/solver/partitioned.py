@@ -199,6 +199,7 @@ class PartitionedFacilityLocation:
         t0 = time.perf_counter()
         pool, placement = self._pool(path, len(parts))
         seconds["start_workers"] = time.perf_counter() - t0
+        n_workers = len(pool)
         try:
             owner = assign(parts, len(pool))
             t0 = time.perf_counter()
@@ -225,7 +226,7 @@ class PartitionedFacilityLocation:
         self.n_evaluations_ = int(result.n_evaluations)
         profile = dict(result.stats)
         profile.update(partitions=m, partition=self.partition, merge=self.merge, sizes=sizes.tolist(),
-                       nonempty_partitions=len(parts), workers=len(pool), placement=placement,
+                       nonempty_partitions=len(parts), workers=n_workers, placement=placement,
                        worker_peak_rss_bytes=rss, seconds=seconds, **extra)
         self.profile_ = profile
 
