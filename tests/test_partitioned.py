@@ -211,6 +211,48 @@ def test_refined_is_the_greedy_restricted_to_the_candidates():
     assert fit.profile_["round_trips"] <= 1.5 * k + 3 < fit.n_evaluations_
 
 
+class InProcessPool:
+    """The pool interface over PartitionWorker objects in this process (so a test can shrink their limits)."""
+
+    def __init__(self, workers):
+        self.workers = workers
+
+    def __len__(self):
+        return len(self.workers)
+
+    def call(self, method, per_worker_args):
+        return [getattr(w, method)(*args) for w, args in zip(self.workers, per_worker_args)]
+
+
+@pytest.mark.parametrize("keep_columns", [0, 3, 1000])
+def test_refine_with_few_or_no_kept_columns_is_the_same_greedy(tmp_path, monkeypatch, keep_columns):
+    """Kept columns only save dot products: with none, a few (evicted least recently used) or all of them
+    kept, the refinement is the greedy restricted to the candidates."""
+    from mads_fast.solver import _partition_worker
+    from mads_fast.solver._merge import refine
+    from mads_fast.solver._partition_worker import PartitionWorker
+
+    X = clustered(200, 16, 4, seed=21)
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    monkeypatch.setattr(_partition_worker, "KEEP_BYTES", 4 * 100 * keep_columns)  # 100 own rows per worker
+    workers = []
+    for parity in (0, 1):
+        w = PartitionWorker(str(path), backend="cpp")
+        w.load({parity: np.arange(parity, 200, 2)})
+        workers.append(w)
+    candidates = np.sort(np.random.default_rng(2).choice(200, 40, replace=False))
+    out = refine(InProcessPool(workers), candidates, 15, 4)
+    assert workers[0].keep == keep_columns and len(workers[0].kept) <= keep_columns
+    S = cosine64(X)
+    picks, gains = restricted_greedy(S, candidates, 15)
+    np.testing.assert_array_equal(out["ranking"], picks)
+    np.testing.assert_allclose(out["gains"], gains, rtol=1e-5, atol=1e-5)
+    for rows, near, sim, _ in out["finals"]:
+        np.testing.assert_allclose(sim, S[np.ix_(rows, picks)].max(axis=1), atol=1e-5)
+        np.testing.assert_allclose(S[rows, near], sim, atol=1e-5)
+
+
 @pytest.mark.parametrize("merge", ["separable", "refined"])
 def test_one_partition_is_the_centralised_solver_exactly(merge):
     X = clustered(400, 32, 8, seed=4)

@@ -14,13 +14,15 @@ Two jobs, the same object in a local process (``_placement.LocalPool``) or a Ray
   keeps ``cur`` (similarity of each own row to its nearest pick) and ``nearest``. A candidate's partial gain
   is sum over OWN rows of max(0, s(i, c) - cur_i); the appended candidate rows get cur = ``PAD`` (above any
   similarity, which is <= 1), so they add exact zeros and never count. ``refine_step`` fuses applying the
-  previous pick with evaluating the next batch, one round trip for both.
+  previous pick with evaluating the next batch, one round trip for both, and keeps evaluated columns (own
+  rows, up to ``KEEP_BYTES``) so that re-evaluating a candidate costs no dot products.
 """
 from __future__ import annotations
 
 import os
 import resource
 import time
+from collections import OrderedDict
 from typing import Dict, Optional
 
 import numpy as np
@@ -31,6 +33,7 @@ from ._oracles import apply_column
 
 PAD = np.float32(4.0)  # cur of appended candidate rows: max(0, s - PAD) == 0 for every s <= 1
 INITIAL_BLOCK_BYTES = 64 << 20  # largest [m, n_local] float32 block of the refinement's first pass
+KEEP_BYTES = 256 << 20  # similarity columns a refining worker keeps (own rows only), least recently used out
 
 
 class PartitionWorker:
@@ -124,40 +127,72 @@ class PartitionWorker:
         self.cur[self.n_own:] = PAD
         self.nearest = np.full(self.n_own, -1, dtype=np.int64)  # [n_own] candidate positions
         self.candidates = candidates
-        self._cache = {}
+        self.keep = KEEP_BYTES // (4 * self.n_own)  # columns kept over own rows
+        self.kept: "OrderedDict[int, np.ndarray]" = OrderedDict()  # candidate position -> float32 [n_own]
+        self._scratch = np.empty(self.n_own, dtype=np.float32)
         self.seconds = 0.0
         return int(self.n_own)
 
     def refine_initial(self) -> np.ndarray:
-        """float64 [C]: every candidate's partial gain on the empty set (sum over own rows of s(i, c))."""
+        """float64 [C]: every candidate's partial gain on the empty set (sum over own rows of s(i, c)). The
+        first columns are kept while ``KEEP_BYTES`` has room (all of them when C x own rows is small)."""
         t0 = time.perf_counter()
         pos = self.position
         out = np.zeros(pos.size, dtype=np.float64)
         step = max(1, INITIAL_BLOCK_BYTES // (4 * max(1, self.cur.size)))
         for start in range(0, pos.size, step):
-            out[start:start + step] = self.engine.columns(pos[start:start + step], self.cur)[1]
+            cols, out[start:start + step] = self.engine.columns(pos[start:start + step], self.cur)
+            for c, column in zip(range(start, start + cols.shape[0]), cols):  # kept while there is room
+                if len(self.kept) >= self.keep:
+                    break
+                self.kept[c] = column[:self.n_own].copy()
         self.seconds += time.perf_counter() - t0
         return out
 
+    def _column(self, c: int) -> np.ndarray:
+        """float32 [n_own]: candidate position c's similarity column over own rows (kept, else computed)."""
+        column = self.kept.get(c)
+        if column is None:
+            column = self.engine.columns(self.position[[c]], self.cur)[0][0, :self.n_own]
+        return column
+
     def _apply(self, applies) -> None:
         for c, first in applies:  # candidate position in C, whether it is the first pick
-            column = self._cache.get(c)
-            if column is None:  # a zero-gain pick that was never evaluated
-                column = self.engine.columns(self.position[[c]], self.cur)[0][0]
-            apply_column(c, column[:self.n_own], self.cur[:self.n_own], self.nearest, bool(first))
-            self._cache = {}  # columns do not depend on cur, but holding them across picks costs memory
+            apply_column(c, self._column(c), self.cur[:self.n_own], self.nearest, bool(first))
+            self.kept.pop(c, None)  # a pick is never evaluated again
 
     def refine_step(self, applies, batch) -> np.ndarray:
         """Apply the picks not yet applied (``applies``: [(candidate position, first pick?)]), then return the
-        partial gains float64 [m] of the candidate positions ``batch`` [m] against the updated cur."""
+        partial gains float64 [m] of the candidate positions ``batch`` [m] against the updated cur.
+
+        A candidate whose column is kept costs 3 passes over own rows (max(0, s - cur), summed in float64)
+        instead of D multiply-adds per row; the others go through the engine, and their columns are kept
+        (least recently used out first, at most ``KEEP_BYTES``): lazy greedy re-evaluates the same strong
+        candidates step after step."""
         t0 = time.perf_counter()
         self._apply(applies)
         batch = np.asarray(batch, dtype=np.int64)
-        if batch.size == 0:
-            self.seconds += time.perf_counter() - t0
-            return np.zeros(0, dtype=np.float64)
-        cols, gains = self.engine.columns(self.position[batch], self.cur)  # [m, n_local], [m]
-        self._cache.update(zip(batch.tolist(), cols))  # a step's batches, kept until its pick is applied
+        gains = np.zeros(batch.size, dtype=np.float64)
+        cur = self.cur[:self.n_own]
+        miss = []
+        for i, c in enumerate(batch.tolist()):
+            column = self.kept.get(c)
+            if column is None:
+                miss.append(i)
+                continue
+            self.kept.move_to_end(c)
+            np.subtract(column, cur, out=self._scratch)
+            np.maximum(self._scratch, 0, out=self._scratch)
+            gains[i] = self._scratch.sum(dtype=np.float64)
+        if miss:
+            cols, fresh = self.engine.columns(self.position[batch[miss]], self.cur)  # [m', n_local], [m']
+            gains[miss] = fresh
+            for i, column in zip(miss, cols):
+                if self.keep < 1:
+                    break
+                self.kept[int(batch[i])] = column[:self.n_own].copy()
+                if len(self.kept) > self.keep:
+                    self.kept.popitem(last=False)
         self.seconds += time.perf_counter() - t0
         return gains
 
