@@ -363,6 +363,19 @@ def test_pipeline_solve_partitioned_matches_the_solver_on_the_file(tmp_path):
     assert len((tmp_path / "core.jsonl").read_text().splitlines()) == 20
 
 
+def test_cli_solve_partitioned_writes_the_solvers_picks(tmp_path):
+    path, _ = _store(tmp_path)
+    picks = tmp_path / "picks.jsonl"
+    code = main(["solve", "--store", str(path), "--budget", "12", "--partitions", "3", "--partition", "random",
+                 "--merge", "separable", "--workers", "2", "--backend", "cpp", "--indices-out", str(picks), "--quiet"])
+    assert code == 0
+    direct = PartitionedFacilityLocation(12, 3, partition="random", merge="separable", backend="cpp",
+                                         workers=2).fit(solver_input_file(FeatureReader(path), dtype="int8"))
+    lines = [json.loads(line) for line in picks.read_text().splitlines()]
+    assert [line["index"] for line in lines] == direct.ranking_.tolist()
+    assert [line["gain"] for line in lines] == pytest.approx(direct.gains_.tolist())
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # bad parameters: one-line InputErrors naming the parameter, before any expensive work
 
