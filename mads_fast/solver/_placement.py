@@ -14,6 +14,7 @@ positions and gains crosses a pool: the workers read their features from the sha
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -51,7 +52,9 @@ def _serve(conn, init_kwargs: dict) -> None:
 
 
 def worker_main() -> None:
-    """Entry point of a local worker process: read (address, key, slot) from stdin, connect, serve."""
+    """Entry point of a local worker process: read (address, key, slot) from stdin, connect, serve. Ctrl-C
+    reaches the whole process group: the driver handles it (and closes its workers), the workers ignore it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     address, key, slot = sys.stdin.readline().split()
     conn = Client(address, authkey=bytes.fromhex(key))
     conn.send(int(slot))
