@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "FacilityLocation": "mads_fast.solver",
     "KCenter": "mads_fast.solver",
+    "PartitionedFacilityLocation": "mads_fast.solver",
     "available_backends": "mads_fast.solver",
     "load_features": "mads_fast.store",
     "FeatureStore": "mads_fast.store",

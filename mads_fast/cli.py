@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from .errors import BackendUnavailableError, InputError
-from .options import (BACKENDS, COMPUTE_DTYPES, FEATURES, MODES, NORMALIZE, OBJECTIVES, OPTIMIZERS, POOLS, QUANTS,
-                      SOLVER_DTYPES, TEMPLATES)
+from .options import (BACKENDS, COMPUTE_DTYPES, FEATURES, MERGES, MODES, NORMALIZE, OBJECTIVES, OPTIMIZERS,
+                      PARTITION_METHODS, POOLS, QUANTS, SOLVER_DTYPES, TEMPLATES)
 
 log = logging.getLogger("mads_fast")
 
@@ -90,6 +90,13 @@ def _add_solve(p, budget_required=True):
     g.add_argument("--normalize", choices=NORMALIZE, default="standardize",
                    help="solver input: centre on the dataset mean and scale every dimension to unit variance "
                    "(default), or only centre; rows are then L2-normalised either way")
+    g.add_argument("--partitions", type=int, metavar="M", help="partitioned selection: solve M partitions "
+                   "apart and merge them (facility, lazy; for data past one dense pass)")
+    g.add_argument("--partition", choices=PARTITION_METHODS, default="kmeans",
+                   help="how rows are split with --partitions: FAISS k-means (default) or seeded random")
+    g.add_argument("--merge", choices=MERGES, default="refined",
+                   help="with --partitions: a greedy under the true objective over the partitions' picks "
+                   "(refined, default) or the exact greedy of the within-partition objective (separable)")
     g.add_argument("--indices-out", metavar="PATH", help="JSONL of the picks: rank, index, id, gain (k-center: radius), weight")
     g.add_argument("--report", metavar="DIR", help="write report.json and PNG plots here")
 
@@ -121,6 +128,11 @@ def build_parser():
     p.add_argument("--data", help="the store's data file, to write the core set with --out")
     p.add_argument("--out", metavar="PATH", help="core set in the data's own format (needs --data)")
     _add_solve(p)
+    g = p.add_argument_group("partitioned selection on Ray (needs Ray: pip install \"mads-fast[ray]\")")
+    g.add_argument("--ray", nargs="?", const="auto", metavar="local|auto|ADDRESS",
+                   help="run the --partitions workers as Ray actors (default: local processes)")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="partition workers (default: min(M, CPU cores), Ray: the cluster's CPUs)")
     _add_data(p)
     _add_common(p)
 
@@ -196,7 +208,7 @@ def _cmd_select(a):
     result = select(a.data, a.budget, out=a.out, store=a.store, report=a.report, indices_out=a.indices_out,
                     model=a.model, objective=a.objective, backend=a.backend, mode=a.mode, optimizer=a.optimizer,
                     n_neighbors=a.n_neighbors, solver_dtype=a.solver_dtype, normalize=a.normalize,
-                    text_field=a.text_field,
+                    text_field=a.text_field, partitions=a.partitions, partition=a.partition, merge=a.merge,
                     lenient=a.lenient, limit=a.limit, progress=not a.quiet, **_extract_options(a))
     n = len(result.nearest)
     log.info(_summary_line(result, n, time.perf_counter() - t0))
@@ -233,7 +245,8 @@ def _cmd_solve(a):
     t0 = time.perf_counter()
     result = solve(a.store, a.budget, objective=a.objective, backend=a.backend, mode=a.mode, optimizer=a.optimizer,
                    n_neighbors=a.n_neighbors, solver_dtype=a.solver_dtype, normalize=a.normalize, record_set=rs,
-                   out=a.out, indices_out=a.indices_out, report=a.report, progress=not a.quiet)
+                   out=a.out, indices_out=a.indices_out, report=a.report, progress=not a.quiet,
+                   partitions=a.partitions, partition=a.partition, merge=a.merge, ray=a.ray, workers=a.workers)
     log.info(_summary_line(result, len(result.nearest), time.perf_counter() - t0))
     return 0
 

@@ -28,6 +28,9 @@ MODES = ("dense", "knn")
 OPTIMIZERS = ("lazy", "stochastic")
 NORMALIZE = ("standardize", "center")
 SOLVER_DTYPES = ("int8", "float32")
+# partitioned selection (mads_fast.solver.partitioned)
+PARTITION_METHODS = ("kmeans", "random")     # FAISS k-means on the solver input | seeded uniform split
+MERGES = ("refined", "separable")            # GreeDi-style greedy under the true objective | merged gain sequences
 
 
 def check_choice(param: str, value, choices) -> str:

@@ -128,19 +128,27 @@ def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backe
           normalize: str = "standardize", random_state: int = 0, record_set: Optional["RecordSet"] = None,
           out: Optional[PathLike] = None, indices_out: Optional[PathLike] = None,
           report: Optional[PathLike] = None, extraction: Optional[dict] = None, timings: Optional[dict] = None,
-          progress: bool = False) -> SelectionResult:
+          progress: bool = False, partitions: Optional[int] = None, partition: str = "kmeans",
+          merge: str = "refined", ray: Optional[str] = None, workers: Optional[int] = None) -> SelectionResult:
     """Select from a complete feature store and write the outputs: what ``select`` does once its features
     exist, and all that ``mads-fast solve`` does.
 
     ``record_set`` (the records the store was made from) is needed to write the core set (``out``) and is
     checked against the store's ids; ``extraction`` (an ``ExtractStats.to_dict()``) goes into the report;
     ``timings`` are carried into the result's (read, extract, ...).
+
+    ``partitions`` (M): partitioned selection (``mads_fast.solver.PartitionedFacilityLocation``) with
+    ``partition`` ("kmeans" | "random") and ``merge`` ("refined" | "separable"), on ``workers`` local
+    processes or, with ``ray``, Ray actors; the workers memory-map the store's solver-input ``.npy``
+    (written once, reused).
     """
     from .data import write_records
     from .solver import FacilityLocation, KCenter
     from .store import FeatureReader, build_solver_input
 
     _check_solve_options(objective, backend, mode, optimizer, n_neighbors, solver_dtype, normalize)
+    partitioned = _partitioned_solver(partitions, partition, merge, ray, workers, objective, optimizer, budget,
+                                      backend, mode, n_neighbors, random_state)
     budget = parse_budget(budget)
     if out is not None and record_set is None:
         raise InputError("writing the core set needs the records the store was made from (record_set)",
@@ -152,11 +160,21 @@ def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backe
     if record_set is not None and list(map(str, ids)) != list(record_set.ids):
         raise InputError("the store's record ids do not match the data (another file, or it changed since the "
                          "extraction); delete the store or pass another one", path=store, param="store")
+    if partitioned is not None:
+        partitioned.check_sizes(len(ids))
     t0 = time.perf_counter()
-    x = build_solver_input(reader, dtype=solver_dtype, normalize=normalize)
+    if partitioned is not None:
+        from .store.solver_file import solver_input_file
+
+        path = solver_input_file(reader, dtype=solver_dtype, normalize=normalize)
+        x = np.load(path, mmap_mode="r")  # the report's sample reads its rows only
+    else:
+        x = build_solver_input(reader, dtype=solver_dtype, normalize=normalize)
     timings["load_solver_input"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if objective == "facility":
+    if partitioned is not None:
+        solver = partitioned.fit(path)
+    elif objective == "facility":
         solver = FacilityLocation(budget=k, backend=backend, mode=mode, optimizer=optimizer,
                                   n_neighbors=n_neighbors, random_state=random_state, verbose=progress).fit(x)
     else:
@@ -177,12 +195,34 @@ def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backe
             settings.update(data=str(record_set.path), detected=record_set.describe())
         settings.update(objective=objective, backend=getattr(solver, "backend_", backend), mode=mode,
                         optimizer=optimizer, solver_dtype=solver_dtype, normalize=normalize)
+        if partitioned is not None:
+            settings["partitioned"] = {key: solver.profile_[key] for key in (
+                "partitions", "partition", "merge", "sizes", "workers", "placement", "seconds")}
         if extraction is not None:
             settings["extraction"] = extraction
         settings["suggested_budget"] = result.knee
         result.report = build_report(report, result, reader, x, settings)
         timings["report"] = time.perf_counter() - t0
     return result
+
+
+def _partitioned_solver(partitions, partition, merge, ray, workers, objective, optimizer, budget, backend, mode,
+                        n_neighbors, random_state):
+    """The checked ``PartitionedFacilityLocation`` for ``solve``'s options, or None without ``partitions``."""
+    if partitions is None:
+        if ray is not None or workers is not None:
+            raise InputError("ray and workers run partitioned selection: give partitions too", param="partitions")
+        return None
+    if objective != "facility" or optimizer != "lazy":
+        raise InputError("partitioned selection runs facility location with the lazy optimizer "
+                         f"(got objective={objective!r}, optimizer={optimizer!r})", param="partitions")
+    from .solver import PartitionedFacilityLocation
+
+    solver = PartitionedFacilityLocation(parse_budget(budget), partitions, partition=partition, merge=merge,
+                                         backend=backend, mode=mode, n_neighbors=n_neighbors,
+                                         random_state=random_state, workers=workers, ray=ray)
+    solver.check()
+    return solver
 
 
 REPORT_SAMPLE = 4096  # rows whose pair similarities the report shows
@@ -220,20 +260,25 @@ def select(data: Union[PathLike, "RecordSet"], budget: Budget = 0.15, *, out: Op
            objective: str = "facility", backend: str = "auto", mode: str = "dense", optimizer: str = "lazy",
            n_neighbors: int = 64, solver_dtype: str = "int8", normalize: str = "standardize",
            text_field: Optional[str] = None, lenient: bool = False,
-           limit: Optional[int] = None, progress: bool = True, **extract_options) -> SelectionResult:
+           limit: Optional[int] = None, progress: bool = True, partitions: Optional[int] = None,
+           partition: str = "kmeans", merge: str = "refined", **extract_options) -> SelectionResult:
     """Run the whole MADS selection on ``data`` and return a :class:`SelectionResult`.
 
     ``budget``: a fraction of N (0.15) or a count (7800). ``store``: the feature store directory (default:
     ``<data name>.features`` beside ``out``); a matching store is reused, so trying several budgets costs
     one extraction. ``extract_options`` go to :func:`mads_fast.extraction.extract` (layers, feature, pool,
     project, quant, max_length, tokens_per_batch, shard_size, template, device, dtype; ray, workers and
-    gpus_per_worker run the extraction on a Ray cluster). The rest is :func:`solve`.
+    gpus_per_worker run the extraction on a Ray cluster). The rest is :func:`solve`; with ``partitions``
+    the partitioned solve runs on the extraction's ``ray`` cluster when one is given (else local processes).
     """
     from .data import RecordSet, read_records
     from .extraction import extract
 
     budget = parse_budget(budget)  # fail on a bad budget or option before any expensive work
     _check_solve_options(objective, backend, mode, optimizer, n_neighbors, solver_dtype, normalize)
+    solve_ray = extract_options.get("ray") if partitions is not None else None
+    _partitioned_solver(partitions, partition, merge, solve_ray, None, objective, optimizer, budget, backend, mode,
+                        n_neighbors, 0)
     if any(extract_options.get(k) is not None for k in ("ray", "workers", "gpus_per_worker")):
         from .extraction.on_ray import check_ray_options
 
@@ -251,4 +296,4 @@ def select(data: Union[PathLike, "RecordSet"], budget: Budget = 0.15, *, out: Op
     return solve(store, budget, objective=objective, backend=backend, mode=mode, optimizer=optimizer,
                  n_neighbors=n_neighbors, solver_dtype=solver_dtype, normalize=normalize, record_set=rs, out=out,
                  indices_out=indices_out, report=report, extraction=stats.to_dict(), timings=timings,
-                 progress=progress)
+                 progress=progress, partitions=partitions, partition=partition, merge=merge, ray=solve_ray)

@@ -24,7 +24,8 @@ Modules, one job each:
 - ``files``: the file names and the checked ``.npy`` / JSON I/O (through ``mads_fast.atomic``);
 - ``writer``: ``FeatureStore``, shard by shard, resumable, safe for several processes writing their own shards;
 - ``reader``: ``FeatureReader``, ``load_features``, ``load_solver_input``, memory-mapped;
-- ``normalise``: centre + normalise (standardise, L2, int8), the solver input built block by block.
+- ``normalise``: centre + normalise (standardise, L2, int8), the solver input built block by block;
+- ``solver_file``: that solver input as one cached ``.npy`` in the store, for workers that memory-map it.
 
 Dequantisation is ``mads_fast.quant.dequantize``, the one the kernel's callers use too.
 """
