@@ -304,3 +304,16 @@ def test_synthetic_store_reads_back_solves_and_keeps_its_clusters(tmp_path):
     picks = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(picks) == 150
     assert len({labels[p["index"]] for p in picks}) == 8  # every cluster is covered
+
+
+def test_exact_index_at_scale_keeps_its_picks_and_takes_the_nearest_from_its_graph(data, monkeypatch):
+    small = fit(data, knn_index="exact", n_neighbors=5, budget=100)
+    monkeypatch.setattr(_knn_index, "DENSE_NEAREST_MAX", 0)
+    large = fit(data, knn_index="exact", n_neighbors=5, budget=100)
+    np.testing.assert_array_equal(large.ranking_, small.ranking_)  # the same greedy, the graph given
+    S = np.maximum(cosine(data), 0)
+    best = S[:, large.ranking_].max(axis=1)
+    chosen = S[np.arange(data.shape[0]), large.nearest_]
+    assert np.mean(chosen >= best - 1e-5) >= 0.99  # an exact top-K graph holds the best pick when it holds any
+    assert large.profile_["knn_nearest"] == "graph" and large.profile_["knn_nearest_agreement"] >= 0.99
+    assert large.weights_.sum() == data.shape[0]

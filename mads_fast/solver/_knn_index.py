@@ -417,14 +417,16 @@ def knn_select(engine, X, budget: int, *, n_neighbors: int, optimizer: str, epsi
                ) -> GreedyResult:
     """kNN-mode facility location on the engine over X (the prepared solver input [N, D]): the graph from
     ``knn_index``, the greedy on it, then each example's nearest pick (``exact_nearest`` while N x k <=
-    DENSE_NEAREST_MAX, else ``graph_nearest``). The result's ``stats`` carry the ``knn_`` profile."""
+    DENSE_NEAREST_MAX or without faiss, else ``graph_nearest``, for either index). The result's ``stats``
+    carry the ``knn_`` profile."""
     knn_recall = check_knn_recall(knn_recall)
     n = engine.n
     which, why = resolve_knn_index(knn_index, n)
     log.info("knn index: %s (%s)", which, why)
     stats = {"knn_index": which, "knn_index_reason": why}
     seed = 0 if random_state is None else int(random_state)
-    if which == "exact":
+    dense_nearest = n * budget <= DENSE_NEAREST_MAX or not faiss_available()
+    if which == "exact" and dense_nearest:
         if optimizer == "lazy":
             result = engine.knn_lazy_greedy(budget, n_neighbors, batch_size, progress)
         else:
@@ -434,23 +436,25 @@ def knn_select(engine, X, budget: int, *, n_neighbors: int, optimizer: str, epsi
         stats["knn_nearest"] = "exact"
         result.stats = dict(result.stats, **stats)
         return result
-    if engine.name == "cuda" and not _faiss_has_gpu() and is_device_array(X):
+    if which == "exact":  # large N: the graph is kept for the nearest pick (the same greedy, graph given)
+        neighbors, sims = engine.knn_graph(n_neighbors)
+        rows, sample = UnitRows(X), sample_rows(n, seed)
+    elif engine.name == "cuda" and not _faiss_has_gpu() and is_device_array(X):
         # a device-resident input without a GPU FAISS: the CUDA brute-force graph beats a host round trip
         log.info("knn index: the CUDA brute-force graph (this FAISS build has no GPU support)")
         neighbors, sims = engine.knn_graph(n_neighbors)
         stats.update(knn_index="exact", knn_index_reason=why + "; no GPU FAISS, CUDA brute force")
-        rows, sample = UnitRows(X), None
+        rows, sample = UnitRows(X), sample_rows(n, seed)
     else:
         neighbors, sims = ivf_graph(engine, X, n_neighbors, knn_recall, seed, stats)
-        sample, rows = stats.pop("_sample", None), stats.pop("_rows", None) or UnitRows(X)
+        sample, rows = stats.pop("_sample", sample_rows(n, seed)), stats.pop("_rows", None) or UnitRows(X)
     result = graph_greedy(engine, neighbors, sims, budget, optimizer, epsilon, random_state, batch_size, progress)
-    if n * result.ranking.size <= DENSE_NEAREST_MAX:
+    if dense_nearest:
         result.nearest, result.nearest_similarity = exact_nearest(engine, result.ranking)
         stats["knn_nearest"] = "exact"
     else:
         graph_nearest(result, neighbors, rows, stats)
-        if sample is not None:
-            stats["knn_nearest_agreement"] = nearest_agreement(result, rows, sample)
+        stats["knn_nearest_agreement"] = nearest_agreement(result, rows, sample)
     result.stats = dict(result.stats, **stats)
     return result
 
