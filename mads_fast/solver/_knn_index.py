@@ -50,13 +50,20 @@ from ._stochastic import stochastic_greedy
 
 log = logging.getLogger("mads_fast")
 
-# auto: ivf from this many rows (when faiss imports). Measured by bench/bench_knn_index.py on 2 cores,
-# synthetic int8 D=256, 10% budget, 64 neighbours (bench/results/knn_index_crossover.md): see there.
-AUTO_IVF_MIN_N = 50_000
+# auto: ivf from this many rows (when faiss imports). Measured by bench/bench_knn_index.py (synthetic int8
+# D=256, 1000 clusters, 10% budget, 64 neighbours, knn_recall 0.9; bench/results/knn_index_crossover.md) on
+# the shared 2-core machine (portable int8 kernel, no AVX-512; load average 6-8 from other jobs): fit
+# seconds exact vs ivf 4.4 / 3.6 at N=5k, 16.0 / 10.1 at 10k, 48.0 / 17.5 at 20k, 320 / 87 at 50k (graph
+# alone 275 / 24), the ivf picks' true dense objective 1.0001-1.0007x the exact graph's. ivf is ahead
+# from ~5k there; 20k keeps small inputs exact (and their cost seconds at most, well under a second on an
+# AVX-512 build) and switches where ivf is ~3x faster.
+AUTO_IVF_MIN_N = 20_000
 # The nearest pick comes from the graph (plus a FAISS search over the picks for the rows it leaves out)
-# once the dense N x k pass of ``exact_nearest`` would take more than this many similarities: 2^31 is
-# about 146k rows at a 10% budget, where the dense pass already costs seconds (N k D multiply-adds).
-DENSE_NEAREST_MAX = 1 << 31
+# once the dense N x k pass of ``exact_nearest`` would take more than this many similarities; below, it is
+# exact. 2^26 is N ~ 26k at a 10% budget: 1.7e10 int8 multiply-adds at D=256. Measured on the 2-core
+# machine (portable int8 kernel, load ~7; bench/results/knn_index_crossover.md): the dense pass took 63 s
+# of the ivf arm's 87 s at N=50k, k=5k, where the IVF graph itself took 24 s.
+DENSE_NEAREST_MAX = 1 << 26
 RECALL_SAMPLE = 1000  # rows whose exact neighbours measure the recall and the nearest-pick agreement
 SEARCH_BLOCK_BYTES = 64 << 20  # float32 query rows (and their results) searched at once
 TRAIN_POINTS_PER_LIST = 32  # k-means sample: this many rows per list (FAISS asks for 39; 32 keeps 1M at 128k)
