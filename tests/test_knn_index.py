@@ -92,6 +92,7 @@ def test_ivf_graph_obeys_the_knn_graph_contract(data):
     expected = np.maximum(np.take_along_axis(S, neighbors, axis=1), 0)
     np.testing.assert_allclose(sims, expected, atol=2e-6)
     assert 1 <= stats["knn_nprobe"] <= stats["knn_nlist"] and stats["knn_recall"] >= 0.9
+    assert stats["knn_build_seconds"] >= stats["knn_train_seconds"] > 0 and stats["knn_search_seconds"] > 0
 
 
 def test_reported_recall_is_the_graphs_recall_on_the_sample(data):
@@ -117,6 +118,15 @@ def test_same_input_same_graph(data):
     b, sb, _ = graph_of(data, 8, seed=3)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(sa, sb)
+
+
+def test_search_blocks_do_not_change_the_graph(data, monkeypatch):
+    whole, whole_s, _ = graph_of(data, 8)
+    monkeypatch.setattr(_knn_index, "SEARCH_BLOCK_BYTES", 37 * (4 * data.shape[1] + 12 * 9))  # 37 rows a block
+    assert _knn_index.UnitRows(data).rows_per_block(12 * 9) == 37
+    blocked, blocked_s, _ = graph_of(data, 8)
+    np.testing.assert_array_equal(blocked, whole)
+    np.testing.assert_array_equal(blocked_s, whole_s)
 
 
 def test_missing_neighbours_are_filled_at_similarity_zero():
@@ -176,6 +186,7 @@ def test_scalable_nearest_agrees_with_the_dense_nearest(data, monkeypatch, flat)
     assert p["knn_nearest"] == "graph" and p["knn_nearest_index"] == ("flat" if flat else "ivf")
     assert 0 < p["knn_nearest_from_graph"] < 1  # both paths ran
     assert p["knn_nearest_agreement"] >= 0.95
+    assert p["knn_graph_seconds"] >= p["knn_build_seconds"] + p["knn_tune_seconds"] + p["knn_search_seconds"]
     np.testing.assert_allclose(out.nearest_similarity_, chosen, atol=1e-5)
 
 

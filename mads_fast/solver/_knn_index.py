@@ -20,7 +20,8 @@ Determinism: k-means is seeded (``random_state``) and trained on a seeded sample
 independently, so the same input gives the same graph (on the same FAISS build and thread count).
 
 Profile (``FacilityLocation.profile_``), every key prefixed ``knn_``: ``knn_index`` (what ran),
-``knn_index_reason``, and for ivf ``knn_nlist``, ``knn_nprobe``, ``knn_recall`` (recall@K on the sample),
+``knn_index_reason``, ``knn_graph_seconds`` (building the graph, ivf's tuning included; exact on the numpy
+engine: nan, its graph is built inside its greedy), and for ivf ``knn_nlist``, ``knn_nprobe``, ``knn_recall`` (recall@K on the sample),
 ``knn_recall_target``, ``knn_recall_sample`` (rows), ``knn_train_seconds``, ``knn_build_seconds`` (train +
 add), ``knn_tune_seconds``, ``knn_search_seconds``, and for the scalable nearest pick
 ``knn_nearest`` ("graph" or "exact"), ``knn_nearest_from_graph`` (fraction of rows whose nearest pick came
@@ -51,11 +52,11 @@ from ._stochastic import stochastic_greedy
 log = logging.getLogger("mads_fast")
 
 # auto: ivf from this many rows (when faiss imports). Measured by bench/bench_knn_index.py (synthetic int8
-# D=256, 1000 clusters, 10% budget, 64 neighbours, knn_recall 0.9; bench/results/knn_index_crossover.md) on
-# the shared 2-core machine (portable int8 kernel, no AVX-512; load average 6-8 from other jobs): fit
-# seconds exact vs ivf 4.4 / 3.6 at N=5k, 16.0 / 10.1 at 10k, 48.0 / 17.5 at 20k, 320 / 87 at 50k (graph
-# alone 275 / 24), the ivf picks' true dense objective 1.0001-1.0007x the exact graph's. ivf is ahead
-# from ~5k there; 20k keeps small inputs exact (and their cost seconds at most, well under a second on an
+# D=256, 1000 clusters, 10% budget, 64 neighbours, knn_recall 0.9) on the shared 2-core machine (portable
+# int8 kernel, no AVX-512). bench/results/knn_index_crossover_rerun.md (load 1-3): fit seconds exact / ivf
+# 2.2 / 2.4 at N=5k, 8.3 / 4.6 at 10k, 31.8 / 11.8 at 20k, 116.8 / 13.1 at 50k; knn_index_crossover.md (load
+# 6-8) the same ordering; the ivf picks' true dense objective 1.0001-1.0007x the exact graph's. The crossover
+# is between 5k and 10k there; 20k keeps small inputs exact (seconds at most, well under a second on an
 # AVX-512 build) and switches where ivf is ~3x faster.
 AUTO_IVF_MIN_N = 20_000
 # The nearest pick comes from the graph (plus a FAISS search over the picks for the rows it leaves out)
@@ -439,10 +440,12 @@ def knn_select(engine, X, budget: int, *, n_neighbors: int, optimizer: str, epsi
         else:
             oracle = SparseOracle(*engine.knn_graph(n_neighbors))
             result = stochastic_greedy(oracle, budget, epsilon, random_state, progress)
+        stats["knn_graph_seconds"] = result.stats.get("first_pass_seconds", float("nan"))  # cpp: the graph pass
         result.nearest, result.nearest_similarity = exact_nearest(engine, result.ranking)
         stats["knn_nearest"] = "exact"
         result.stats = dict(result.stats, **stats)
         return result
+    t0 = time.perf_counter()
     if which == "exact":  # large N: the graph is kept for the nearest pick (the same greedy, graph given)
         neighbors, sims = engine.knn_graph(n_neighbors)
         rows, sample = UnitRows(X), sample_rows(n, seed)
@@ -455,6 +458,7 @@ def knn_select(engine, X, budget: int, *, n_neighbors: int, optimizer: str, epsi
     else:
         neighbors, sims = ivf_graph(engine, X, n_neighbors, knn_recall, seed, stats)
         sample, rows = stats.pop("_sample", sample_rows(n, seed)), stats.pop("_rows", None) or UnitRows(X)
+    stats["knn_graph_seconds"] = time.perf_counter() - t0
     result = graph_greedy(engine, neighbors, sims, budget, optimizer, epsilon, random_state, batch_size, progress)
     if dense_nearest:
         result.nearest, result.nearest_similarity = exact_nearest(engine, result.ranking)
