@@ -328,3 +328,14 @@ def test_exact_index_at_scale_keeps_its_picks_and_takes_the_nearest_from_its_gra
     assert np.mean(chosen >= best - 1e-5) >= 0.99  # an exact top-K graph holds the best pick when it holds any
     assert large.profile_["knn_nearest"] == "graph" and large.profile_["knn_nearest_agreement"] >= 0.99
     assert large.weights_.sum() == data.shape[0]
+
+
+def test_stochastic_greedy_runs_on_the_ivf_graph(data):
+    out = fit(data, knn_index="ivf", n_neighbors=10, optimizer="stochastic", random_state=1)
+    again = fit(data, knn_index="ivf", n_neighbors=10, optimizer="stochastic", random_state=1)
+    np.testing.assert_array_equal(out.ranking_, again.ranking_)
+    assert out.profile_["knn_index"] == "ivf" and len(set(out.ranking_.tolist())) == out.ranking_.size == 100
+    S = np.maximum(cosine(data), 0)
+    exact = fit(data, knn_index="ivf", n_neighbors=10)
+    f = lambda r: S[:, r].max(axis=1).sum()  # noqa: E731
+    assert f(out.ranking_) >= 0.98 * f(exact.ranking_)

@@ -56,8 +56,8 @@ log = logging.getLogger("mads_fast")
 # int8 kernel, no AVX-512). bench/results/knn_index_crossover_rerun.md (load 1-3): fit seconds exact / ivf
 # 2.2 / 2.4 at N=5k, 8.3 / 4.6 at 10k, 31.8 / 11.8 at 20k, 116.8 / 13.1 at 50k; knn_index_crossover.md (load
 # 6-8) the same ordering; the ivf picks' true dense objective 1.0001-1.0007x the exact graph's. The crossover
-# is between 5k and 10k there; 20k keeps small inputs exact (seconds at most, well under a second on an
-# AVX-512 build) and switches where ivf is ~3x faster.
+# is between 5k and 10k there; 20k keeps small inputs exact (seconds at most; 1.3 s at N=20k on the
+# AVX-512 VNNI machine of bench/results/solver_cpu.md) and switches where ivf is ~3x faster here.
 AUTO_IVF_MIN_N = 20_000
 # The nearest pick comes from the graph (plus a FAISS search over the picks for the rows it leaves out)
 # once the dense N x k pass of ``exact_nearest`` would take more than this many similarities; below, it is
