@@ -120,6 +120,19 @@ def test_same_input_same_graph(data):
     np.testing.assert_array_equal(sa, sb)
 
 
+def test_thread_count_does_not_change_the_graph(data):
+    threads = faiss.omp_get_max_threads()
+    try:
+        faiss.omp_set_num_threads(1)
+        one, one_s, _ = graph_of(data, 8)
+        faiss.omp_set_num_threads(2)
+        two, two_s, _ = graph_of(data, 8)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(one_s, two_s)
+
+
 def test_search_blocks_do_not_change_the_graph(data, monkeypatch):
     whole, whole_s, _ = graph_of(data, 8)
     monkeypatch.setattr(_knn_index, "SEARCH_BLOCK_BYTES", 37 * (4 * data.shape[1] + 12 * 9))  # 37 rows a block

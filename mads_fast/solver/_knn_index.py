@@ -17,7 +17,8 @@ nearest pick of every example without a dense N x k pass.
 
 FAISS is imported here, inside functions only: the solver imports (and runs exact) without it.
 Determinism: k-means is seeded (``random_state``) and trained on a seeded sample; every query is searched
-independently, so the same input gives the same graph (on the same FAISS build and thread count).
+independently, so the same input gives the same graph on the same FAISS build (the thread count does not
+change it: tested with 1 and 2 FAISS threads).
 
 Profile (``FacilityLocation.profile_``), every key prefixed ``knn_``: ``knn_index`` (what ran),
 ``knn_index_reason``, ``knn_graph_seconds`` (building the graph, ivf's tuning included; exact on the numpy
