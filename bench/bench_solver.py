@@ -146,7 +146,7 @@ def _run_ours(method: str, X: np.ndarray, k: int) -> dict:
 
     backend, kind = method.split("@")[0].split("-")
     if kind.startswith("knn"):
-        model = FacilityLocation(k, backend=backend, mode="knn", n_neighbors=int(kind[3:]))
+        model = FacilityLocation(k, backend=backend, mode="knn", n_neighbors=int(kind[3:]), knn_index="exact")
     else:
         model = FacilityLocation(k, backend=backend, mode="dense")
     t0 = time.perf_counter()

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from .errors import BackendUnavailableError, InputError
-from .options import (BACKENDS, COMPUTE_DTYPES, FEATURES, MERGES, MODES, NORMALIZE, OBJECTIVES, OPTIMIZERS,
-                      PARTITION_METHODS, POOLS, QUANTS, SOLVER_DTYPES, TEMPLATES)
+from .options import (BACKENDS, COMPUTE_DTYPES, FEATURES, KNN_INDEXES, MERGES, MODES, NORMALIZE, OBJECTIVES,
+                      OPTIMIZERS, PARTITION_METHODS, POOLS, QUANTS, SOLVER_DTYPES, TEMPLATES)
 
 log = logging.getLogger("mads_fast")
 
@@ -85,6 +85,11 @@ def _add_solve(p, budget_required=True):
     g.add_argument("--mode", choices=MODES, default="dense")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="lazy")
     g.add_argument("--n-neighbors", type=int, default=64, help="neighbours per example in knn mode (64)")
+    g.add_argument("--knn-index", choices=KNN_INDEXES, default="auto",
+                   help="knn mode's graph: exact (N^2 similarities), ivf (FAISS inverted file, approximate; "
+                   "pip install \"mads-fast[faiss]\"), or auto (ivf for large N when faiss is installed)")
+    g.add_argument("--knn-recall", type=float, default=0.9, metavar="R",
+                   help="ivf: recall@K the graph must reach on a sample of rows, tuned before the search (0.9)")
     g.add_argument("--solver-dtype", choices=SOLVER_DTYPES, default="int8",
                    help="precision of the centred features the solver reads (int8: N x D bytes)")
     g.add_argument("--normalize", choices=NORMALIZE, default="standardize",
@@ -209,6 +214,7 @@ def _cmd_select(a):
                     model=a.model, objective=a.objective, backend=a.backend, mode=a.mode, optimizer=a.optimizer,
                     n_neighbors=a.n_neighbors, solver_dtype=a.solver_dtype, normalize=a.normalize,
                     text_field=a.text_field, partitions=a.partitions, partition=a.partition, merge=a.merge,
+                    knn_index=a.knn_index, knn_recall=a.knn_recall,
                     lenient=a.lenient, limit=a.limit, progress=not a.quiet, **_extract_options(a))
     n = len(result.nearest)
     log.info(_summary_line(result, n, time.perf_counter() - t0))
@@ -246,7 +252,8 @@ def _cmd_solve(a):
     result = solve(a.store, a.budget, objective=a.objective, backend=a.backend, mode=a.mode, optimizer=a.optimizer,
                    n_neighbors=a.n_neighbors, solver_dtype=a.solver_dtype, normalize=a.normalize, record_set=rs,
                    out=a.out, indices_out=a.indices_out, report=a.report, progress=not a.quiet,
-                   partitions=a.partitions, partition=a.partition, merge=a.merge, ray=a.ray, workers=a.workers)
+                   partitions=a.partitions, partition=a.partition, merge=a.merge, ray=a.ray, workers=a.workers,
+                   knn_index=a.knn_index, knn_recall=a.knn_recall)
     log.info(_summary_line(result, len(result.nearest), time.perf_counter() - t0))
     return 0
 

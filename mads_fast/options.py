@@ -25,6 +25,7 @@ COMPUTE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 OBJECTIVES = ("facility", "kcenter")
 BACKENDS = ("auto", "cuda", "cpp", "numpy")
 MODES = ("dense", "knn")
+KNN_INDEXES = ("auto", "exact", "ivf")         # knn mode's graph: exact top-K, FAISS inverted file, or by N
 OPTIMIZERS = ("lazy", "stochastic")
 NORMALIZE = ("standardize", "center")
 SOLVER_DTYPES = ("int8", "float32")
@@ -38,6 +39,14 @@ def check_choice(param: str, value, choices) -> str:
     if not isinstance(value, str) or value not in choices:
         raise InputError(f"unknown value {value!r} (choose from {', '.join(choices)})", param=param)
     return value
+
+
+def check_knn_recall(value) -> float:
+    """knn mode's recall target (``knn_recall``): a number in (0, 1], or an InputError naming it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or math.isnan(value) \
+            or not 0.0 < float(value) <= 1.0:
+        raise InputError(f"must be a number in (0, 1], got {value!r}", param="knn_recall")
+    return float(value)
 
 
 def check_positive_int(param: str, value) -> int:

@@ -23,8 +23,8 @@ import numpy as np
 
 from .atomic import atomic_write
 from .errors import InputError
-from .options import (BACKENDS, MODES, NORMALIZE, OBJECTIVES, OPTIMIZERS, SOLVER_DTYPES, check_choice,
-                      check_positive_int, parse_budget, resolve_budget)
+from .options import (BACKENDS, KNN_INDEXES, MODES, NORMALIZE, OBJECTIVES, OPTIMIZERS, SOLVER_DTYPES, check_choice,
+                      check_knn_recall, check_positive_int, parse_budget, resolve_budget)
 
 if TYPE_CHECKING:  # names for the hints only: importing them here would load torch
     from .data import RecordSet
@@ -129,7 +129,8 @@ def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backe
           out: Optional[PathLike] = None, indices_out: Optional[PathLike] = None,
           report: Optional[PathLike] = None, extraction: Optional[dict] = None, timings: Optional[dict] = None,
           progress: bool = False, partitions: Optional[int] = None, partition: str = "kmeans",
-          merge: str = "refined", ray: Optional[str] = None, workers: Optional[int] = None) -> SelectionResult:
+          merge: str = "refined", ray: Optional[str] = None, workers: Optional[int] = None,
+          knn_index: str = "auto", knn_recall: float = 0.9) -> SelectionResult:
     """Select from a complete feature store and write the outputs: what ``select`` does once its features
     exist, and all that ``mads-fast solve`` does.
 
@@ -140,13 +141,16 @@ def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backe
     ``partitions`` (M): partitioned selection (``mads_fast.solver.PartitionedFacilityLocation``) with
     ``partition`` ("kmeans" | "random") and ``merge`` ("refined" | "separable"), on ``workers`` local
     processes or, with ``ray``, Ray actors; the workers memory-map the store's solver-input ``.npy``
-    (written once, reused).
+    (written once, reused). ``knn_index``, ``knn_recall``: knn mode's graph (see ``FacilityLocation``);
+    the report's settings then hold the solver's ``knn_`` profile.
     """
     from .data import write_records
     from .solver import FacilityLocation, KCenter
     from .store import FeatureReader, build_solver_input
 
     _check_solve_options(objective, backend, mode, optimizer, n_neighbors, solver_dtype, normalize)
+    check_choice("knn_index", knn_index, KNN_INDEXES)
+    check_knn_recall(knn_recall)
     partitioned = _partitioned_solver(partitions, partition, merge, ray, workers, objective, optimizer, budget,
                                       backend, mode, n_neighbors, random_state)
     budget = parse_budget(budget)
@@ -176,7 +180,8 @@ def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backe
         solver = partitioned.fit(path)
     elif objective == "facility":
         solver = FacilityLocation(budget=k, backend=backend, mode=mode, optimizer=optimizer,
-                                  n_neighbors=n_neighbors, random_state=random_state, verbose=progress).fit(x)
+                                  n_neighbors=n_neighbors, random_state=random_state, verbose=progress,
+                                  knn_index=knn_index, knn_recall=knn_recall).fit(x)
     else:
         solver = KCenter(budget=k, backend=backend).fit(x)
     timings["solve"] = time.perf_counter() - t0
@@ -198,6 +203,8 @@ def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backe
         if partitioned is not None:
             settings["partitioned"] = {key: solver.profile_[key] for key in (
                 "partitions", "partition", "merge", "sizes", "workers", "placement", "seconds")}
+        elif mode == "knn" and objective == "facility":
+            settings["knn"] = {key: value for key, value in solver.profile_.items() if key.startswith("knn_")}
         if extraction is not None:
             settings["extraction"] = extraction
         settings["suggested_budget"] = result.knee
@@ -261,7 +268,8 @@ def select(data: Union[PathLike, "RecordSet"], budget: Budget = 0.15, *, out: Op
            n_neighbors: int = 64, solver_dtype: str = "int8", normalize: str = "standardize",
            text_field: Optional[str] = None, lenient: bool = False,
            limit: Optional[int] = None, progress: bool = True, partitions: Optional[int] = None,
-           partition: str = "kmeans", merge: str = "refined", **extract_options) -> SelectionResult:
+           partition: str = "kmeans", merge: str = "refined", knn_index: str = "auto", knn_recall: float = 0.9,
+           **extract_options) -> SelectionResult:
     """Run the whole MADS selection on ``data`` and return a :class:`SelectionResult`.
 
     ``budget``: a fraction of N (0.15) or a count (7800). ``store``: the feature store directory (default:
@@ -276,6 +284,8 @@ def select(data: Union[PathLike, "RecordSet"], budget: Budget = 0.15, *, out: Op
 
     budget = parse_budget(budget)  # fail on a bad budget or option before any expensive work
     _check_solve_options(objective, backend, mode, optimizer, n_neighbors, solver_dtype, normalize)
+    check_choice("knn_index", knn_index, KNN_INDEXES)
+    check_knn_recall(knn_recall)
     solve_ray = extract_options.get("ray") if partitions is not None else None
     _partitioned_solver(partitions, partition, merge, solve_ray, None, objective, optimizer, budget, backend, mode,
                         n_neighbors, 0)
@@ -296,4 +306,5 @@ def select(data: Union[PathLike, "RecordSet"], budget: Budget = 0.15, *, out: Op
     return solve(store, budget, objective=objective, backend=backend, mode=mode, optimizer=optimizer,
                  n_neighbors=n_neighbors, solver_dtype=solver_dtype, normalize=normalize, record_set=rs, out=out,
                  indices_out=indices_out, report=report, extraction=stats.to_dict(), timings=timings,
-                 progress=progress, partitions=partitions, partition=partition, merge=merge, ray=solve_ray)
+                 progress=progress, partitions=partitions, partition=partition, merge=merge, ray=solve_ray,
+                 knn_index=knn_index, knn_recall=knn_recall)

@@ -14,11 +14,11 @@ import numpy as np
 
 from ._backends import make_engine, prepare
 from ._inputs import check_choice, check_positive_int, resolve_budget
-from ._knn import exact_nearest
-from ._oracles import DenseOracle, SparseOracle
+from ._knn_index import knn_select
+from ._oracles import DenseOracle
 from ._stochastic import stochastic_greedy
 from mads_fast.errors import InputError
-from mads_fast.options import MODES, OPTIMIZERS
+from mads_fast.options import KNN_INDEXES, MODES, OPTIMIZERS, check_knn_recall
 
 log = logging.getLogger("mads_fast")
 
@@ -44,17 +44,23 @@ class FacilityLocation:
     "numpy", "cpp", "cuda"); ``mode`` ("dense": similarity columns on the fly, never N x N; "knn": top-
     ``n_neighbors`` graph); ``optimizer`` ("lazy": exact lazy greedy; "stochastic": stochastic greedy
     with ``epsilon`` and ``random_state``); ``batch_size`` (candidates re-evaluated per pass; None =
-    backend default); ``verbose`` (a progress bar of picks).
+    backend default); ``verbose`` (a progress bar of picks). kNN mode only: ``knn_index`` ("exact": the exact
+    top-K graph, N^2 similarities; "ivf": a FAISS inverted file, needs ``pip install "mads-fast[faiss]"``;
+    "auto": exact below ``_knn_index.AUTO_IVF_MIN_N`` rows, else ivf when faiss imports) and ``knn_recall``
+    (ivf: the recall@K the graph must reach on a seeded sample of rows, in (0, 1]; see ``_knn_index``).
 
     After ``fit``: ``ranking_``, ``gains_``, ``curve_``, ``objective_``, ``nearest_``,
     ``nearest_similarity_``, ``weights_``, ``backend_``, ``n_evaluations_``, ``n_passes_``, ``profile_`` (the
-    engine's timings and counters, empty where it has none). In knn mode
-    gains and objective are on the graph, while ``nearest_`` uses the dense similarity.
+    engine's timings and counters, empty where it has none; knn mode adds the ``knn_`` keys of
+    ``_knn_index``). In knn mode gains and objective are on the graph, while ``nearest_`` is the dense
+    similarity's nearest pick (exactly while N x k <= ``_knn_index.DENSE_NEAREST_MAX``; above, from the graph
+    and a FAISS search over the picks).
     """
 
     def __init__(self, budget: Union[int, float], backend: str = "auto", mode: str = "dense",
                  similarity: str = "cosine", optimizer: str = "lazy", n_neighbors: int = 64, epsilon: float = 0.01,
-                 random_state: int = 0, batch_size: Optional[int] = None, verbose: bool = False) -> None:
+                 random_state: int = 0, batch_size: Optional[int] = None, verbose: bool = False,
+                 knn_index: str = "auto", knn_recall: float = 0.9) -> None:
         self.budget = budget
         self.backend = backend
         self.mode = mode
@@ -65,12 +71,16 @@ class FacilityLocation:
         self.random_state = random_state
         self.batch_size = batch_size
         self.verbose = verbose
+        self.knn_index = knn_index
+        self.knn_recall = knn_recall
 
     def _check(self):
         check_choice("mode", self.mode, MODES)
         check_choice("similarity", self.similarity, ("cosine",))
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_positive_int("n_neighbors", self.n_neighbors)
+        check_choice("knn_index", self.knn_index, KNN_INDEXES)
+        check_knn_recall(self.knn_recall)
         eps = self.epsilon
         if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not 0.0 < float(eps) < 1.0:
             raise InputError(f"must be a float in (0, 1), got {eps!r}", param="epsilon")
@@ -93,13 +103,11 @@ class FacilityLocation:
                 result = engine.lazy_greedy(k, self.batch_size, progress)
             elif self.mode == "dense":
                 result = stochastic_greedy(DenseOracle(engine), k, float(self.epsilon), self.random_state, progress)
-            elif self.optimizer == "lazy":
-                result = engine.knn_lazy_greedy(k, self.n_neighbors, self.batch_size, progress)
             else:
-                oracle = SparseOracle(*engine.knn_graph(self.n_neighbors))
-                result = stochastic_greedy(oracle, k, float(self.epsilon), self.random_state, progress)
-            if self.mode == "knn":
-                result.nearest, result.nearest_similarity = exact_nearest(engine, result.ranking)
+                result = knn_select(engine, X, k, n_neighbors=self.n_neighbors, optimizer=self.optimizer,
+                                    epsilon=float(self.epsilon), random_state=self.random_state,
+                                    batch_size=self.batch_size, progress=progress, knn_index=self.knn_index,
+                                    knn_recall=self.knn_recall)
         finally:
             close()
         self.ranking_ = np.asarray(result.ranking, dtype=np.int64)
