@@ -2,8 +2,8 @@
 //
 // Layout: rows live in panels of 16 ([npad/16][dpad][16] fp32, [npad/16][dpad/4][16][4] int8), so
 // one 64-byte load gives 16 rows at one k (fp32) or 16 rows x 4 k (int8, the vpdpbusd operand). The
-// micro-kernel computes a 64 x 6 tile (rows x candidates): 24 zmm accumulators, per k 4 row loads and
-// 6 candidate broadcasts, and fuses the epilogue (scale, clip at 0, store the column, accumulate the
+// micro-kernel computes a 64 x 6 tile (rows x candidates): 24 zmm accumulators (AVX2: 16 rows at a time,
+// 12 ymm accumulators, the same fma chain per similarity), per k 4 row loads and 6 candidate broadcasts, and fuses the epilogue (scale, clip at 0, store the column, accumulate the
 // clipped gain against cur in double; in the first pass also offer each similarity to the top-K lists
 // of its row and, off the diagonal, of its candidate). Kernels are compiled with target attributes and
 // chosen at run time with __builtin_cpu_supports, so the module runs on any x86-64 (portable loops
@@ -17,6 +17,15 @@
 // U's rows are repacked into their own panels whenever U has shrunk to half the packed rows, so the
 // GEMM streams only U; once U is empty every evaluation is sparse. Saturated rows still in the packed
 // panels get an effective cur of kBig (> any similarity), so the GEMM epilogue counts them as 0.
+//
+// Cached lazy greedy (exact, when memory_budget >= N * npad * 4 bytes). The whole matrix is built once from
+// the upper triangle by the same tile kernels (block (a, b) into the columns of b, copied transposed into
+// the columns of a), so each stored float is the value the streaming path computes for that pair: the
+// kernel's dot product is one fma (or mul + add) per k in k order, symmetric in its two operands, and the
+// int8 scale is a product of the two inverse norms. Gains are then clipped sums over a stored column in
+// double, exactly as the streaming epilogue sums them up to the order of additions; the tie rule
+// (tau = 1e-6 + 1e-5 |G|) absorbs that order, as it does between backends. Evaluating a candidate reads N
+// floats instead of N * D multiply-adds; the saturation graph is not needed there.
 #include "facility_location.h"
 
 #include <immintrin.h>

@@ -163,7 +163,8 @@ GreedyOutput graph_lazy_greedy(const CoverageGraph& g, int64_t budget, int64_t b
 GreedyOutput graph_lazy_greedy(const int64_t* neighbors, const float* sims, int64_t n, int64_t w, int64_t budget,
                                int64_t batch, const std::function<void(int64_t)>& progress);
 
-// Dense cosine similarity computed on the fly from X; never holds an N x N matrix.
+// Dense cosine similarity computed on the fly from X; holds an N x N matrix only inside cached_greedy, when
+// the caller's memory budget allows it (lazy_greedy with memory_budget >= matrix_bytes()).
 class DenseSimilarity {
  public:
   DenseSimilarity(const float* X, int64_t n, int64_t d);   // X [n, d] row-major

@@ -24,7 +24,7 @@ import numpy as np
 from .atomic import atomic_write
 from .errors import InputError
 from .options import (BACKENDS, MODES, NORMALIZE, OBJECTIVES, OPTIMIZERS, SOLVER_DTYPES, check_choice,
-                      check_positive_int, parse_budget, resolve_budget)
+                      check_positive_int, parse_budget, parse_memory_budget, resolve_budget)
 
 if TYPE_CHECKING:  # names for the hints only: importing them here would load torch
     from .data import RecordSet
@@ -128,13 +128,14 @@ def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backe
           normalize: str = "standardize", random_state: int = 0, record_set: Optional["RecordSet"] = None,
           out: Optional[PathLike] = None, indices_out: Optional[PathLike] = None,
           report: Optional[PathLike] = None, extraction: Optional[dict] = None, timings: Optional[dict] = None,
-          progress: bool = False) -> SelectionResult:
+          progress: bool = False, memory_budget: Union[None, int, str] = None) -> SelectionResult:
     """Select from a complete feature store and write the outputs: what ``select`` does once its features
     exist, and all that ``mads-fast solve`` does.
 
     ``record_set`` (the records the store was made from) is needed to write the core set (``out``) and is
     checked against the store's ids; ``extraction`` (an ``ExtractStats.to_dict()``) goes into the report;
-    ``timings`` are carried into the result's (read, extract, ...).
+    ``timings`` are carried into the result's (read, extract, ...). ``memory_budget`` (bytes or "2G"; None:
+    the solver's default) is what the dense solver may spend on cached similarities (FacilityLocation's).
     """
     from .data import write_records
     from .solver import FacilityLocation, KCenter
@@ -142,6 +143,7 @@ def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backe
 
     _check_solve_options(objective, backend, mode, optimizer, n_neighbors, solver_dtype, normalize)
     budget = parse_budget(budget)
+    parse_memory_budget(memory_budget)
     if out is not None and record_set is None:
         raise InputError("writing the core set needs the records the store was made from (record_set)",
                          param="out")
@@ -158,7 +160,8 @@ def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backe
     t0 = time.perf_counter()
     if objective == "facility":
         solver = FacilityLocation(budget=k, backend=backend, mode=mode, optimizer=optimizer,
-                                  n_neighbors=n_neighbors, random_state=random_state, verbose=progress).fit(x)
+                                  n_neighbors=n_neighbors, random_state=random_state, verbose=progress,
+                                  memory_budget=memory_budget).fit(x)
     else:
         solver = KCenter(budget=k, backend=backend).fit(x)
     timings["solve"] = time.perf_counter() - t0
@@ -220,7 +223,8 @@ def select(data: Union[PathLike, "RecordSet"], budget: Budget = 0.15, *, out: Op
            objective: str = "facility", backend: str = "auto", mode: str = "dense", optimizer: str = "lazy",
            n_neighbors: int = 64, solver_dtype: str = "int8", normalize: str = "standardize",
            text_field: Optional[str] = None, lenient: bool = False,
-           limit: Optional[int] = None, progress: bool = True, **extract_options) -> SelectionResult:
+           limit: Optional[int] = None, progress: bool = True, memory_budget: Union[None, int, str] = None,
+           **extract_options) -> SelectionResult:
     """Run the whole MADS selection on ``data`` and return a :class:`SelectionResult`.
 
     ``budget``: a fraction of N (0.15) or a count (7800). ``store``: the feature store directory (default:
@@ -234,6 +238,7 @@ def select(data: Union[PathLike, "RecordSet"], budget: Budget = 0.15, *, out: Op
 
     budget = parse_budget(budget)  # fail on a bad budget or option before any expensive work
     _check_solve_options(objective, backend, mode, optimizer, n_neighbors, solver_dtype, normalize)
+    parse_memory_budget(memory_budget)
     if any(extract_options.get(k) is not None for k in ("ray", "workers", "gpus_per_worker")):
         from .extraction.on_ray import check_ray_options
 
@@ -251,4 +256,4 @@ def select(data: Union[PathLike, "RecordSet"], budget: Budget = 0.15, *, out: Op
     return solve(store, budget, objective=objective, backend=backend, mode=mode, optimizer=optimizer,
                  n_neighbors=n_neighbors, solver_dtype=solver_dtype, normalize=normalize, record_set=rs, out=out,
                  indices_out=indices_out, report=report, extraction=stats.to_dict(), timings=timings,
-                 progress=progress)
+                 progress=progress, memory_budget=memory_budget)

@@ -15,10 +15,11 @@ import numpy as np
 from ._backends import make_engine, prepare
 from ._inputs import check_choice, check_positive_int, resolve_budget
 from ._knn import exact_nearest
+from ._memory import resolve_memory_budget
 from ._oracles import DenseOracle, SparseOracle
 from ._stochastic import stochastic_greedy
 from mads_fast.errors import InputError
-from mads_fast.options import MODES, OPTIMIZERS
+from mads_fast.options import MODES, OPTIMIZERS, parse_memory_budget
 
 log = logging.getLogger("mads_fast")
 
@@ -44,7 +45,10 @@ class FacilityLocation:
     "numpy", "cpp", "cuda"); ``mode`` ("dense": similarity columns on the fly, never N x N; "knn": top-
     ``n_neighbors`` graph); ``optimizer`` ("lazy": exact lazy greedy; "stochastic": stochastic greedy
     with ``epsilon`` and ``random_state``); ``batch_size`` (candidates re-evaluated per pass; None =
-    backend default); ``verbose`` (a progress bar of picks).
+    backend default); ``verbose`` (a progress bar of picks); ``memory_budget`` (bytes, or text like "2G";
+    None/"auto": the matrix when it fits half the available memory and 4 GiB, else 512 MiB): the C++ dense
+    lazy greedy builds the whole similarity matrix once when it fits, else streams columns keeping at most
+    that many bytes of them; same picks either way (other backends and modes ignore it).
 
     After ``fit``: ``ranking_``, ``gains_``, ``curve_``, ``objective_``, ``nearest_``,
     ``nearest_similarity_``, ``weights_``, ``backend_``, ``n_evaluations_``, ``n_passes_``, ``profile_`` (the
@@ -54,7 +58,8 @@ class FacilityLocation:
 
     def __init__(self, budget: Union[int, float], backend: str = "auto", mode: str = "dense",
                  similarity: str = "cosine", optimizer: str = "lazy", n_neighbors: int = 64, epsilon: float = 0.01,
-                 random_state: int = 0, batch_size: Optional[int] = None, verbose: bool = False) -> None:
+                 random_state: int = 0, batch_size: Optional[int] = None, verbose: bool = False,
+                 memory_budget: Union[None, int, str] = None) -> None:
         self.budget = budget
         self.backend = backend
         self.mode = mode
@@ -65,6 +70,7 @@ class FacilityLocation:
         self.random_state = random_state
         self.batch_size = batch_size
         self.verbose = verbose
+        self.memory_budget = memory_budget
 
     def _check(self):
         check_choice("mode", self.mode, MODES)
@@ -79,6 +85,7 @@ class FacilityLocation:
         seed = self.random_state
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
             raise InputError(f"must be a non-negative int or None, got {seed!r}", param="random_state")
+        parse_memory_budget(self.memory_budget)
 
     def fit(self, X: Any, y: Any = None) -> "FacilityLocation":
         """Select from ``X`` (NumPy, torch or CuPy; float32, float16 or int8 [N, D]); ``y`` is ignored."""
@@ -90,7 +97,8 @@ class FacilityLocation:
         progress, close = progress_bar(k, self.verbose, "facility location")
         try:
             if self.mode == "dense" and self.optimizer == "lazy":
-                result = engine.lazy_greedy(k, self.batch_size, progress)
+                result = engine.lazy_greedy(k, self.batch_size, progress,
+                                            memory_budget=resolve_memory_budget(self.memory_budget, n))
             elif self.mode == "dense":
                 result = stochastic_greedy(DenseOracle(engine), k, float(self.epsilon), self.random_state, progress)
             elif self.optimizer == "lazy":
