@@ -42,8 +42,8 @@ class FacilityLocation:
     """Facility-location core-set selection.
 
     Parameters: ``budget`` (int count in [1, N] or float fraction in (0, 1]); ``backend`` ("auto",
-    "numpy", "cpp", "cuda"); ``mode`` ("dense": similarity columns on the fly, never N x N; "knn": top-
-    ``n_neighbors`` graph); ``optimizer`` ("lazy": exact lazy greedy; "stochastic": stochastic greedy
+    "numpy", "cpp", "cuda"); ``mode`` ("dense": the exact similarity, streamed or cached within
+    ``memory_budget``; "knn": top-``n_neighbors`` graph); ``optimizer`` ("lazy": exact lazy greedy; "stochastic": stochastic greedy
     with ``epsilon`` and ``random_state``); ``batch_size`` (candidates re-evaluated per pass; None =
     backend default); ``verbose`` (a progress bar of picks); ``memory_budget`` (bytes, or text like "2G";
     None/"auto": the matrix when it fits half the available memory and 4 GiB, else 512 MiB): the C++ dense
