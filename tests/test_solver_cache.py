@@ -162,3 +162,17 @@ def test_cli_memory_budget_flag_reaches_the_solver_and_bad_values_name_the_flag(
     code = main(["solve", "--store", str(tmp_path / "s"), "--budget", "5", "--memory-budget", "lots", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "--memory-budget" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("entry", ["solve", "select"])
+def test_pipeline_checks_memory_budget_before_any_work(tmp_path, entry):
+    """A bad memory_budget fails first, naming the parameter (no store read, no records parsed)."""
+    from mads_fast import pipeline
+
+    missing = tmp_path / "nothing-here"
+    with pytest.raises(InputError) as err:
+        if entry == "solve":
+            pipeline.solve(missing, 5, memory_budget="plenty")
+        else:
+            pipeline.select(missing, 5, memory_budget=-3)
+    assert err.value.param == "memory_budget"
