@@ -54,9 +54,11 @@ N_ALL = 51924  # every Alpaca record
 PEERS = ("apricot", "submodlib")
 OURS = ("cpp-fp32", "cpp-int8", "numpy-fp32", "cpp-knn64", "cpp-knn128")
 METHODS = PEERS + OURS
-OUR_METHOD = re.compile(r"(numpy|cpp|cuda)-(fp32|int8|knn[1-9][0-9]*)(@passive)?")
+OUR_METHOD = re.compile(r"(numpy|cpp|cuda)-(fp32|int8|knn[1-9][0-9]*)(@passive|@stream|@cache)?")
 # "@passive": the same method with OMP_WAIT_POLICY=passive in its child, to show what OpenMP's spin-waiting
-# costs when other processes share the 2 cores.
+# costs when other processes share the 2 cores. "@stream": memory_budget=0 (the streaming path, never the
+# cached similarity matrix); "@cache": memory_budget=64G (the matrix whenever it fits in RAM); no suffix:
+# the default budget (the matrix when it fits half of MemAvailable and 4 GiB).
 # Peak multiply-add rates of this machine's 2 cores (AVX-512; int8 through VNNI), as the design states
 # them; the run also measures NumPy's sgemm rate here, which is what a BLAS actually reaches.
 PEAK_GMACS = {"fp32": 205.0, "int8": 800.0}
@@ -145,16 +147,20 @@ def _run_ours(method: str, X: np.ndarray, k: int) -> dict:
     from mads_fast.solver import FacilityLocation
 
     backend, kind = method.split("@")[0].split("-")
+    memory = {"stream": 0, "cache": "64G"}.get(method.partition("@")[2])
     if kind.startswith("knn"):
         model = FacilityLocation(k, backend=backend, mode="knn", n_neighbors=int(kind[3:]), knn_index="exact")
     else:
-        model = FacilityLocation(k, backend=backend, mode="dense")
+        model = FacilityLocation(k, backend=backend, mode="dense", memory_budget=memory)
     t0 = time.perf_counter()
     model.fit(X)
     t1 = time.perf_counter()
     return {"picks": model.ranking_, "time_s": t1 - t0, "matrix_s": 0.0, "select_s": t1 - t0,
             "own_objective": model.objective_, "n_evaluations": model.n_evaluations_,
             "n_passes": model.n_passes_, "backend": model.backend_,
+            "cache": {key: getattr(model, "profile_", {}).get(key) for key in
+                      ("cache_used", "cache_bytes", "cache_build_seconds", "cache_hits", "first_pass_seconds",
+                       "greedy_seconds")},
             "solver_package": str(Path(sys.modules["mads_fast"].__file__).parent)}
 
 
@@ -328,7 +334,7 @@ def picks_summary(div: dict) -> str:
 
 def run_config(n, d, frac, methods, args, workdir: Path, run_meta: dict) -> list:
     k = max(1, int(round(frac * n)))
-    source = solver_features.default_source(d)
+    source = args.source or solver_features.default_source(d)
     X = solver_features.features(source, n, d)  # [N, D] float32
     t0 = time.perf_counter()
     Xq = solver_features.int8_features(X)  # [N, D] int8
@@ -560,6 +566,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per method before it is recorded as a timeout")
     ap.add_argument("--max-gb", type=float, default=18.0, help="skip a peer whose N x N matrices need more")
     ap.add_argument("--quick", action="store_true", help="N=2000, D=256, results under bench/.cache")
+    ap.add_argument("--source", choices=solver_features.SOURCES, default=None,
+                    help="features for every configuration (default: minilm at D=384, minilm-proj below, gmm above)")
     ap.add_argument("--note", default="", help="a remark stored with every row (e.g. what else ran)")
     ap.add_argument("--out", type=Path, default=None, help="results prefix (.jsonl and .md appended)")
     ap.add_argument("--solver", choices=("head", "tree"), default="head",

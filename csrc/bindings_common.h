@@ -58,6 +58,10 @@ inline py::dict to_dict(GreedyOutput&& r) {
   d["n_refreshes"] = r.n_refreshes;
   d["first_pass_seconds"] = r.first_pass_seconds;
   d["greedy_seconds"] = r.greedy_seconds;
+  d["cache_used"] = r.cache_used;
+  d["cache_bytes"] = r.cache_bytes;
+  d["cache_build_seconds"] = r.cache_build_seconds;
+  d["cache_hits"] = r.cache_hits;
   d["unsaturated"] = to_numpy(std::move(r.unsaturated));
   d["evaluations"] = to_numpy(std::move(r.evaluations));
   return d;

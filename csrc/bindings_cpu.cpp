@@ -102,12 +102,19 @@ PYBIND11_MODULE(_solver_cpu, m) {
           "ascending index order), sims float32 [N, k'+1], threshold float32 [N], column_sums float64 [N]")
       .def(
           "lazy_greedy",
-          [](const DenseSimilarity& s, int64_t budget, int64_t batch, py::object progress, int64_t graph_k) {
-            return run_greedy(progress, [&](const Progress& cb) { return s.lazy_greedy(budget, batch, graph_k, cb); });
+          [](const DenseSimilarity& s, int64_t budget, int64_t batch, py::object progress, int64_t graph_k,
+             int64_t memory_budget) {
+            return run_greedy(progress, [&](const Progress& cb) {
+              return s.lazy_greedy(budget, batch, graph_k, memory_budget, cb);
+            });
           },
           py::arg("budget"), py::arg("batch") = 0, py::arg("progress") = py::none(),
-          py::arg("graph_k") = mads::kDefaultGraphK,
-          "exact lazy greedy; graph_k = 0 runs every evaluation dense, >= 1 uses a saturation graph of that width")
+          py::arg("graph_k") = mads::kDefaultGraphK, py::arg("memory_budget") = -1,
+          "exact lazy greedy; graph_k = 0 runs every evaluation dense, >= 1 uses a saturation graph of that width; "
+          "memory_budget (bytes) >= matrix_bytes builds the whole similarity once and reads its columns (graph_k "
+          "unused), a smaller one >= 0 caps the kept columns of the streaming greedy, -1 keeps the 512 MiB default")
+      .def_property_readonly("matrix_bytes", &DenseSimilarity::matrix_bytes,
+                             "bytes of the cached similarity matrix (N columns of N rounded up to 64 floats)")
       .def(
           "knn_lazy_greedy",
           [](const DenseSimilarity& s, int64_t budget, int64_t n_neighbors, int64_t batch, py::object progress) {

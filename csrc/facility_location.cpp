@@ -2,8 +2,8 @@
 //
 // Layout: rows live in panels of 16 ([npad/16][dpad][16] fp32, [npad/16][dpad/4][16][4] int8), so
 // one 64-byte load gives 16 rows at one k (fp32) or 16 rows x 4 k (int8, the vpdpbusd operand). The
-// micro-kernel computes a 64 x 6 tile (rows x candidates): 24 zmm accumulators, per k 4 row loads and
-// 6 candidate broadcasts, and fuses the epilogue (scale, clip at 0, store the column, accumulate the
+// micro-kernel computes a 64 x 6 tile (rows x candidates): 24 zmm accumulators (AVX2: 16 rows at a time,
+// 12 ymm accumulators, the same fma chain per similarity), per k 4 row loads and 6 candidate broadcasts, and fuses the epilogue (scale, clip at 0, store the column, accumulate the
 // clipped gain against cur in double; in the first pass also offer each similarity to the top-K lists
 // of its row and, off the diagonal, of its candidate). Kernels are compiled with target attributes and
 // chosen at run time with __builtin_cpu_supports, so the module runs on any x86-64 (portable loops
@@ -17,10 +17,20 @@
 // U's rows are repacked into their own panels whenever U has shrunk to half the packed rows, so the
 // GEMM streams only U; once U is empty every evaluation is sparse. Saturated rows still in the packed
 // panels get an effective cur of kBig (> any similarity), so the GEMM epilogue counts them as 0.
+//
+// Cached lazy greedy (exact, when memory_budget >= N * npad * 4 bytes). The whole matrix is built once from
+// the upper triangle by the same tile kernels (block (a, b) into the columns of b, copied transposed into
+// the columns of a), so each stored float is the value the streaming path computes for that pair: the
+// kernel's dot product is one fma (or mul + add) per k in k order, symmetric in its two operands, and the
+// int8 scale is a product of the two inverse norms. Gains are then clipped sums over a stored column in
+// double, exactly as the streaming epilogue sums them up to the order of additions; the tie rule
+// (tau = 1e-6 + 1e-5 |G|) absorbs that order, as it does between backends. Evaluating a candidate reads N
+// floats instead of N * D multiply-adds; the saturation graph is not needed there.
 #include "facility_location.h"
 
 #include <immintrin.h>
 #include <omp.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <chrono>
@@ -34,19 +44,31 @@
 namespace mads {
 namespace {
 
-// The kernel family, read when a similarity is built: MADS_FAST_ISA=portable forces the plain loops (so
-// the tests run both paths on an AVX-512 machine), =avx512 insists on the AVX-512 kernels (an error on a
-// CPU without them), unset or auto takes what the CPU supports.
-int choose_isa(bool supported, int isa, const char* needs) {
+// Kernel families (isa_): 0 portable loops, 1 AVX-512 fp32, 2 AVX-512 VNNI int8, 3 AVX2+FMA fp32 (int8 has
+// no AVX2 kernel: it runs the portable loops there). Read when a similarity is built: MADS_FAST_ISA=portable
+// forces the plain loops (so the tests run both paths on a SIMD machine), =avx512 / =avx2 insist on that
+// family (an error on a CPU without it; =avx2 leaves int8 on the portable loops), unset or auto takes the
+// best the CPU supports.
+int choose_isa(bool int8) {
+  const bool has512 = __builtin_cpu_supports("avx512f") &&
+                      (int8 ? __builtin_cpu_supports("avx512vnni") : __builtin_cpu_supports("avx512dq"));
+  const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const int isa512 = int8 ? 2 : 1;
   const char* env = std::getenv("MADS_FAST_ISA");
   const std::string want = env ? env : "";
-  if (want.empty() || want == "auto") return supported ? isa : 0;
+  if (want.empty() || want == "auto") return has512 ? isa512 : (has2 && !int8) ? 3 : 0;
   if (want == "portable") return 0;
   if (want == "avx512") {
-    if (!supported) throw std::runtime_error(std::string("MADS_FAST_ISA=avx512, but this CPU lacks ") + needs);
-    return isa;
+    if (!has512)
+      throw std::runtime_error(std::string("MADS_FAST_ISA=avx512, but this CPU lacks ") +
+                               (int8 ? "AVX-512F/VNNI" : "AVX-512F/DQ"));
+    return isa512;
   }
-  throw std::invalid_argument("MADS_FAST_ISA must be auto, portable or avx512, got '" + want + "'");
+  if (want == "avx2") {
+    if (!has2) throw std::runtime_error("MADS_FAST_ISA=avx2, but this CPU lacks AVX2/FMA");
+    return int8 ? 0 : 3;
+  }
+  throw std::invalid_argument("MADS_FAST_ISA must be auto, portable, avx2 or avx512, got '" + want + "'");
 }
 
 constexpr int kTileRows = 64;  // 4 panels of 16 rows
@@ -329,6 +351,128 @@ MADS_AVX512 double drop_avx512(const float* S, const int32_t* pos, const float* 
   return _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
 }
 
+// ---------------------------------------------------------------- AVX2 kernels (fp32)
+// The same 64 x 6 tile on 8-lane registers: per 16-row sub-panel 2 x 6 = 12 accumulators + 2 row loads +
+// 1 broadcast (16 ymm). Each similarity is the same fma chain over k as the AVX-512 kernel (one fma per k,
+// in k order), so both families produce bit-identical similarities; only the float partial sums of the
+// gains differ in grouping (8 vs 16 lanes), which the tie rule absorbs like any backend's order.
+#define MADS_AVX2 __attribute__((target("avx2,fma")))
+
+MADS_AVX2 inline __attribute__((always_inline)) void topk_avx2(const __m256 (&s)[8][kTileCols], const Epi& e) {
+  const __m256 zero = _mm256_setzero_ps();
+  const bool diag = e.selfsim != nullptr;
+  for (int v = 0; v < 8; ++v) {
+    const __m256 bar = e.topk ? _mm256_loadu_ps(e.topk->bar.data() + e.row0 + 8 * v) : zero;
+    for (int c = 0; c < kTileCols; ++c) {
+      const int64_t jc = e.cidx[c];
+      if (jc < 0) continue;
+      const __m256 x = _mm256_max_ps(s[v][c], zero);
+      unsigned m = 0;
+      if (e.topk) {
+        m = unsigned(_mm256_movemask_ps(_mm256_cmp_ps(x, bar, _CMP_GE_OQ)));
+        if (e.transposed) m |= unsigned(_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(e.topk->bar[jc]), _CMP_GE_OQ)));
+      }
+      if (diag) {
+        const int64_t lane = jc - (e.row0 + 8 * v);
+        if (lane >= 0 && lane < 8) m |= 1u << lane;
+      }
+      if (!m) continue;
+      alignas(32) float buf[8];
+      _mm256_store_ps(buf, x);
+      for (unsigned bits = m; bits; bits &= bits - 1) {
+        const int l = __builtin_ctz(bits);
+        offer_pair(e, 8 * v + l, c, buf[l]);
+      }
+    }
+  }
+}
+
+MADS_AVX2 inline __attribute__((always_inline)) void epilogue_avx2(__m256 (&s)[8][kTileCols], const Epi& e) {
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 rs[8];
+  __m256 cu[8];
+  for (int v = 0; v < 8; ++v) {
+    rs[v] = zero;
+    cu[v] = e.cur ? _mm256_loadu_ps(e.cur + e.row0 + 8 * v) : zero;
+  }
+  for (int c = 0; c < kTileCols; ++c) {
+    __m256 gv = zero;
+    const __m256 cc = e.cand_cur ? _mm256_set1_ps(e.cand_cur[c]) : zero;
+#pragma GCC unroll 8
+    for (int v = 0; v < 8; ++v) {
+      const __m256 x = _mm256_max_ps(s[v][c], zero);
+      if (e.dst[c]) _mm256_storeu_ps(e.dst[c] + e.row0 + 8 * v, x);
+      gv = _mm256_add_ps(gv, _mm256_max_ps(_mm256_sub_ps(x, cu[v]), zero));
+      rs[v] = _mm256_add_ps(rs[v], _mm256_max_ps(_mm256_sub_ps(x, cc), zero));
+    }
+    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(gv));
+    const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(gv, 1));
+    _mm256_storeu_pd(e.gsum + 8 * c, _mm256_add_pd(_mm256_loadu_pd(e.gsum + 8 * c), lo));
+    _mm256_storeu_pd(e.gsum + 8 * c + 4, _mm256_add_pd(_mm256_loadu_pd(e.gsum + 8 * c + 4), hi));
+  }
+  if (e.rowacc)
+    for (int v = 0; v < 8; ++v) _mm256_storeu_ps(e.rowacc + 8 * v, rs[v]);
+  if (e.topk || e.selfsim) topk_avx2(s, e);
+}
+
+MADS_AVX2 void tile_f32_avx2(const float* p, int64_t pstride, const float* cand, int64_t dpad, const Epi& e) {
+  __m256 s[8][kTileCols];
+  for (int v = 0; v < 4; ++v) {
+    const float* pv = p + v * pstride;
+    __m256 a0[kTileCols], a1[kTileCols];
+    for (int c = 0; c < kTileCols; ++c) a0[c] = a1[c] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < dpad; ++k) {
+      const __m256 r0 = _mm256_loadu_ps(pv + 16 * k), r1 = _mm256_loadu_ps(pv + 16 * k + 8);
+#pragma GCC unroll 6
+      for (int c = 0; c < kTileCols; ++c) {
+        const __m256 b = _mm256_broadcast_ss(cand + c * dpad + k);
+        a0[c] = _mm256_fmadd_ps(r0, b, a0[c]);
+        a1[c] = _mm256_fmadd_ps(r1, b, a1[c]);
+      }
+    }
+    for (int c = 0; c < kTileCols; ++c) {
+      s[2 * v][c] = a0[c];
+      s[2 * v + 1][c] = a1[c];
+    }
+  }
+  epilogue_avx2(s, e);
+}
+
+MADS_AVX2 double clip_sum_avx2(const float* col, const float* cur, int64_t n) {
+  const __m256 zero = _mm256_setzero_ps();
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+  for (int64_t i = 0; i < n; i += 8) {  // n is a multiple of 8
+    const __m256 t = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(col + i), _mm256_loadu_ps(cur + i)), zero);
+    a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(t)));
+    a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(t, 1)));
+  }
+  alignas(32) double out[4];
+  _mm256_store_pd(out, _mm256_add_pd(a0, a1));
+  return (out[0] + out[1]) + (out[2] + out[3]);
+}
+
+MADS_AVX2 double drop_avx2(const float* S, const int32_t* pos, const float* oldv, const float* newv, int64_t R) {
+  const __m256 zero = _mm256_setzero_ps();
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+  int64_t r = 0;
+  for (; r + 8 <= R; r += 8) {
+    const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pos + r));
+    const __m256 x = _mm256_i32gather_ps(S, p, 4);
+    const __m256 hi = _mm256_max_ps(_mm256_sub_ps(x, _mm256_loadu_ps(oldv + r)), zero);
+    const __m256 lo = _mm256_max_ps(_mm256_sub_ps(x, _mm256_loadu_ps(newv + r)), zero);
+    a0 = _mm256_add_pd(a0, _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(hi)), _mm256_cvtps_pd(_mm256_castps256_ps128(lo))));
+    a1 = _mm256_add_pd(a1, _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(hi, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(lo, 1))));
+  }
+  alignas(32) double out[4];
+  _mm256_store_pd(out, _mm256_add_pd(a0, a1));
+  double drop = (out[0] + out[1]) + (out[2] + out[3]);
+  for (; r < R; ++r) {
+    const float x = S[pos[r]];
+    drop += double(std::max(x - oldv[r], 0.f)) - double(std::max(x - newv[r], 0.f));
+  }
+  return drop;
+}
+
 double drop_portable(const float* S, const int32_t* pos, const float* oldv, const float* newv, int64_t R) {
   double drop = 0.0;
   for (int64_t r = 0; r < R; ++r) {
@@ -346,6 +490,20 @@ double clip_sum_portable(const float* col, const float* cur, int64_t n) {
 }
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// sum_i max(0, col[i] - cur[i]) over n (a multiple of 64) rows, in the family's vector width.
+double clip_sum(int isa, const float* col, const float* cur, int64_t n) {
+  if (isa == 1 || isa == 2) return clip_sum_avx512(col, cur, n);
+  if (isa == 3) return clip_sum_avx2(col, cur, n);
+  return clip_sum_portable(col, cur, n);
+}
+
+// drop_avx512 / drop_avx2 / drop_portable by family.
+double drop_of(int isa, const float* S, const int32_t* pos, const float* oldv, const float* newv, int64_t R) {
+  if (isa == 1 || isa == 2) return drop_avx512(S, pos, oldv, newv, R);
+  if (isa == 3) return drop_avx2(S, pos, oldv, newv, R);
+  return drop_portable(S, pos, oldv, newv, R);
+}
 
 // Rows in panels of 16: all of X, or a packed subset (the unsaturated rows). Positions are view-local.
 struct RowView {
@@ -370,6 +528,7 @@ struct Kernel {
       const float* p = static_cast<const float*>(v.base) + (row0 / 16) * pstride;
       const float* cb = static_cast<const float*>(cand);
       if (isa == 1) tile_f32_avx512(p, pstride, cb, dpad, e);
+      else if (isa == 3) tile_f32_avx2(p, pstride, cb, dpad, e);
       else tile_f32_portable(p, pstride, cb, dpad, e);
     }
   }
@@ -421,8 +580,8 @@ DenseSimilarity::DenseSimilarity(const float* X, int64_t n, int64_t d) : n_(n), 
   if (n >= (int64_t(1) << 31)) throw std::invalid_argument("X must have fewer than 2^31 rows");
   npad_ = round_up(n, kTileRows);
   dpad_ = d;
-  isa_ = choose_isa(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq"), 1, "AVX-512F/DQ");
-  kernel_ = isa_ ? "avx512-fp32" : "portable-fp32";
+  isa_ = choose_isa(false);
+  kernel_ = isa_ == 1 ? "avx512-fp32" : isa_ == 3 ? "avx2-fp32" : "portable-fp32";
   inv_.assign(npad_, 0.f);
   rowsum_.assign(npad_, 0);
   xf_.assign(npad_ * dpad_, 0.f);
@@ -444,8 +603,7 @@ DenseSimilarity::DenseSimilarity(const int8_t* X, int64_t n, int64_t d) : n_(n),
   check_int8_dim(d);
   npad_ = round_up(n, kTileRows);
   dpad_ = round_up(d, 4);
-  isa_ = choose_isa(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni"), 2,
-                    "AVX-512F/VNNI");
+  isa_ = choose_isa(true);
   kernel_ = isa_ ? "avx512-vnni-int8" : "portable-int8";
   inv_.assign(npad_, 0.f);
   rowsum_.assign(npad_, 0);
@@ -657,13 +815,14 @@ int64_t DenseSimilarity::sym_pass(const float* cur, int64_t k, double* out, Neig
 // ---------------------------------------------------------------- lazy greedy
 GreedyOutput DenseSimilarity::lazy_greedy(int64_t budget, int64_t batch,
                                           const std::function<void(int64_t)>& progress) const {
-  return greedy(budget, batch, kDefaultGraphK, progress);
+  return greedy(budget, batch, kDefaultGraphK, kCacheBytes, progress);
 }
 
-GreedyOutput DenseSimilarity::lazy_greedy(int64_t budget, int64_t batch, int64_t graph_k,
+GreedyOutput DenseSimilarity::lazy_greedy(int64_t budget, int64_t batch, int64_t graph_k, int64_t memory_budget,
                                           const std::function<void(int64_t)>& progress) const {
   if (graph_k < 0) throw std::invalid_argument("graph_k must be >= 0");
-  return greedy(budget, batch, graph_k, progress);
+  if (memory_budget >= 0 && matrix_bytes() <= memory_budget) return cached_greedy(budget, batch, progress);
+  return greedy(budget, batch, graph_k, memory_budget < 0 ? kCacheBytes : memory_budget, progress);
 }
 
 GreedyOutput DenseSimilarity::knn_lazy_greedy(int64_t budget, int64_t n_neighbors, int64_t batch,
@@ -686,7 +845,7 @@ GreedyOutput DenseSimilarity::knn_lazy_greedy(int64_t budget, int64_t n_neighbor
   return out;
 }
 
-GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t graph_k,
+GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t graph_k, int64_t cache_bytes,
                                      const std::function<void(int64_t)>& progress) const {
   if (budget < 1 || budget > n_) throw std::invalid_argument("budget must be in [1, N]");
   using clock = std::chrono::steady_clock;
@@ -744,14 +903,15 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
   // Kept columns: a cache of candidate columns over the view. A kept candidate's gain is refreshed
   // exactly from its column in O(|U|) instead of a GEMM in O(|U| D); early picks re-evaluate thousands
   // of the same candidates (every pick lowers every gain by the small similarities it covers), so this
-  // is most of the saving there. Capped at kCacheBytes and N/4 columns (never the N x N matrix); the
+  // is most of the saving there. Capped at cache_bytes and N/4 columns (never the N x N matrix); the
   // stride is the view size and shrinks in place at each repack, which raises the capacity.
   int64_t stride = u == n_ ? npad_ : round_up(u, kTileRows);
   const int64_t col_limit = std::max<int64_t>(8 * m + kTileCols, n_ / 4);
   const int64_t cache_floats =
-      u > 0 ? std::min(col_limit, std::max<int64_t>(8 * m + kTileCols, kCacheBytes / 4 / stride)) * stride : 0;
+      u > 0 ? std::min(col_limit, std::max<int64_t>(8 * m + kTileCols, cache_bytes / 4 / stride)) * stride : 0;
   int64_t cap = u > 0 ? cache_floats / stride : 8 * m + kTileCols;
   std::vector<float> cols(cache_floats);
+  out.cache_bytes = int64_t(cols.size() * sizeof(float));
   std::vector<int64_t> slot_idx(cap, -1);
   std::vector<double> slot_dense(cap, 0.0), slot_sparse(cap, 0.0);
   std::vector<uint8_t> slot_fresh(cap, 0);  // gain exact for the current cur (else an upper bound)
@@ -830,7 +990,6 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
   std::vector<int32_t> changed_p, sat_changed, newly;
   std::vector<float> old_eff, new_eff, sat_old;
   std::vector<int64_t> live_slots, stale, order;
-  const bool avx = isa_ != 0;
 
   auto gain_of = [&](int64_t s) { return slot_dense[s] + slot_sparse[s]; };
   auto sparse_gain = [&](int64_t c) {
@@ -871,13 +1030,12 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
       if (live > 0 && gain_of(s) < best - tie_tolerance(best)) break;  // the largest: no other qualifies
       std::pop_heap(stale.begin(), stale.end(), stale_less);
       stale.pop_back();
-      slot_dense[s] = prows == 0 ? 0.0
-                      : avx      ? clip_sum_avx512(cols.data() + s * stride, ceff.data(), view.rows_pad)
-                                 : clip_sum_portable(cols.data() + s * stride, ceff.data(), view.rows_pad);
+      slot_dense[s] = prows == 0 ? 0.0 : clip_sum(isa_, cols.data() + s * stride, ceff.data(), view.rows_pad);
       slot_fresh[s] = 1;
       ++live;
       best = std::max(best, gain_of(s));
       out.n_evaluations += 1;
+      out.cache_hits += 1;
     }
     // Evaluate heap candidates while one could reach the tie set (bound >= G - tau); 0 bounds are exact.
     // A step that needs another pass doubles its batch (up to 8 m): early picks evaluate thousands of
@@ -932,6 +1090,7 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
           slot_sparse.resize(cap, 0.0);
           slot_fresh.resize(cap, 0);
           if (prows > 0) cols.resize(cap * stride, 0.f);
+          out.cache_bytes = std::max(out.cache_bytes, int64_t(cols.size() * sizeof(float)));
         }
       }
       take_slot.clear();
@@ -1107,8 +1266,7 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
           for (int64_t q = 0; q < nl; ++q) {
             const int64_t s = live_slots[q];
             const float* S = cols.data() + s * stride;
-            const double drop = avx ? drop_avx512(S, changed_p.data(), old_eff.data(), new_eff.data(), R)
-                                    : drop_portable(S, changed_p.data(), old_eff.data(), new_eff.data(), R);
+            const double drop = drop_of(isa_, S, changed_p.data(), old_eff.data(), new_eff.data(), R);
             slot_dense[s] = std::max(0.0, slot_dense[s] - drop);
           }
         }
@@ -1146,6 +1304,180 @@ GreedyOutput DenseSimilarity::greedy(int64_t budget, int64_t batch, int64_t grap
     report_progress(progress, step + 1, budget);
   }
   out.nearest_similarity.assign(cur.begin(), cur.end());
+  out.greedy_seconds = std::chrono::duration<double>(clock::now() - t_first).count();
+  return out;
+}
+
+// ---------------------------------------------------------------- cached lazy greedy
+// Builds S [n][npad] (column j at S + j * npad; rows n..npad-1 are 0, as the kernels give padding rows) from
+// the upper triangle in kSymBlock blocks: block (a, b), a <= b, is one run of the tile kernel with the rows
+// of block a against the candidates of block b, written into the columns of b; for a < b the block is
+// then copied transposed into the columns of a (s(j, i) is the same float as s(i, j)). Returns the
+// multiply-adds it ran.
+namespace {
+int64_t build_matrix(const Kernel& kern, const RowView& all, int64_t n, int64_t npad, const float* inv,
+                     const std::function<void(const int64_t*, int64_t, void*)>& pack, float* S) {
+  const int64_t elem = kern.elem(), dpad = kern.dpad;
+  const int64_t nb = (npad + kSymBlock - 1) / kSymBlock;
+  int64_t madds = 0;
+  const int32_t nocidx[kTileCols] = {-1, -1, -1, -1, -1, -1};
+#pragma omp parallel reduction(+ : madds)
+  {
+    std::vector<uint8_t> cand(kSymBlock * dpad * elem);
+    std::vector<int64_t> idx(kSymBlock);
+    std::vector<float> cinv(kSymBlock);
+    std::vector<double> gsum(kSymBlock * 8);
+    std::vector<float*> dst(kSymBlock);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t bb = 0; bb < nb; ++bb) {
+      const int64_t b = nb - 1 - bb;  // the largest rows of work first
+      const int64_t j0 = b * kSymBlock, m = std::max<int64_t>(0, std::min(n, j0 + kSymBlock) - j0);
+      if (m == 0) continue;
+      for (int64_t c = 0; c < kSymBlock; ++c) {
+        idx[c] = c < m ? j0 + c : -1;
+        cinv[c] = c < m ? inv[j0 + c] : 0.f;
+        dst[c] = c < m ? S + (j0 + c) * npad : nullptr;
+      }
+      pack(idx.data(), kSymBlock, cand.data());
+      const int64_t groups = (m + kTileCols - 1) / kTileCols;
+      for (int64_t a = 0; a <= b; ++a) {
+        const int64_t t0 = a * kSymBlock / kTileRows, t1 = std::min(npad, (a + 1) * kSymBlock) / kTileRows;
+        madds += (t1 - t0) * kTileRows * groups * kTileCols * dpad;
+        for (int64_t g = 0; g < groups; ++g) {
+          const void* cb = cand.data() + g * kTileCols * dpad * elem;
+          for (int64_t t = t0; t < t1; ++t) {
+            Epi e{nullptr, all.inv, all.rowsum, cinv.data() + g * kTileCols, dst.data() + g * kTileCols,
+                  gsum.data() + g * kTileCols * 8, nullptr, t * kTileRows, nullptr, nocidx, false, nullptr, 0};
+            kern(all, t * kTileRows, cb, e);
+          }
+        }
+        if (a == b) continue;
+        // Transposed copy in 16 x 16 squares: S[i][j] = S[j][i] for rows i of block a, candidates j of b.
+        const int64_t i0 = a * kSymBlock, i1 = std::min(n, i0 + kSymBlock);
+        for (int64_t jj = j0; jj < j0 + m; jj += 16)
+          for (int64_t ii = i0; ii < i1; ii += 16)
+            for (int64_t j = jj; j < std::min(j0 + m, jj + 16); ++j)
+              for (int64_t i = ii; i < std::min(i1, ii + 16); ++i) S[i * npad + j] = S[j * npad + i];
+      }
+    }
+  }
+  return madds;
+}
+}  // namespace
+
+GreedyOutput DenseSimilarity::cached_greedy(int64_t budget, int64_t batch,
+                                            const std::function<void(int64_t)>& progress) const {
+  if (budget < 1 || budget > n_) throw std::invalid_argument("budget must be in [1, N]");
+  using clock = std::chrono::steady_clock;
+  const auto t_start = clock::now();
+  GreedyOutput out;
+  out.ranking.reserve(budget);
+  out.gains.reserve(budget);
+  out.unsaturated.reserve(budget);
+  out.evaluations.reserve(budget);
+  out.cache_used = 1;
+  out.cache_bytes = matrix_bytes();
+  // Uninitialised: every column's npad rows are written, by the kernel (block b) or by a transposed copy.
+  // 2 MiB-aligned and advised for transparent huge pages: first-touch faults and TLB misses of the
+  // transposed writes (one page per column at 4 KiB) otherwise cost as much as the GEMM itself.
+  constexpr size_t kHuge = size_t(2) << 20;
+  const size_t bytes = (size_t(matrix_bytes()) + kHuge - 1) / kHuge * kHuge;
+  std::unique_ptr<float, void (*)(void*)> S(static_cast<float*>(std::aligned_alloc(kHuge, bytes)), std::free);
+  if (!S) throw std::bad_alloc();
+  madvise(S.get(), bytes, MADV_HUGEPAGE);  // advice only: a kernel without THP keeps 4 KiB pages
+  const Kernel kern{isa_, int8_, dpad_};
+  const RowView all{int8_ ? (const void*)xq_.data() : (const void*)xf_.data(), npad_, inv_.data(), rowsum_.data()};
+  out.first_pass_multiply_adds = build_matrix(
+      kern, all, n_, npad_, inv_.data(),
+      [this](const int64_t* idx, int64_t m, void* buf) { pack_candidates(idx, m, m, buf); }, S.get());
+  // The kernel writes all npad rows only of the last block's columns; the transposed copies fill the other
+  // columns' rows up to n. Padding rows are 0 (as the kernels give them), so a clip sum over npad is exact.
+  if (npad_ > n_) {
+#pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < n_; ++j) std::fill(S.get() + j * npad_ + n_, S.get() + (j + 1) * npad_, 0.f);
+  }
+  out.cache_build_seconds = std::chrono::duration<double>(clock::now() - t_start).count();
+  out.multiply_adds = out.first_pass_multiply_adds;
+
+  // The first bounds are exact: the column sums, i.e. every gain against cur = 0.
+  std::vector<float> cur(npad_, 0.f);
+  std::vector<double> bounds(n_);
+  const int isa = isa_;
+#pragma omp parallel for schedule(static) if (n_ * npad_ >= (int64_t(1) << 22))
+  for (int64_t j = 0; j < n_; ++j) bounds[j] = clip_sum(isa, S.get() + j * npad_, cur.data(), npad_);
+  out.n_evaluations = n_;
+  out.n_passes = 1;
+  const auto t_first = clock::now();
+  out.first_pass_seconds = std::chrono::duration<double>(t_first - t_start).count();
+
+  // Lazy greedy (graph_lazy_greedy's loop): stamp[j] == step marks a gain exact for this step's cur.
+  LazyHeap heap(bounds.data(), n_);
+  std::vector<int64_t> stamp(n_, 0);
+  out.nearest.assign(n_, 0);
+  // Candidates per round: enough columns to share between the threads (one column is only ~N floats).
+  const int threads = omp_get_max_threads();
+  const int64_t per_round = std::max<int64_t>(batch > 0 ? batch : 1, 8 * int64_t(threads));
+  std::vector<Entry> fresh, round;
+  std::vector<double> g;
+  for (int64_t step = 0; step < budget; ++step) {
+    fresh.clear();
+    double best = -std::numeric_limits<double>::infinity();
+    // Pop while the best bound could reach the tie set (>= G - tau); a bound of 0 is exact and stays.
+    while (!heap.empty() && heap.top().ub > 0.0 && (fresh.empty() || heap.top().ub >= best - tie_tolerance(best))) {
+      round.clear();
+      while (int64_t(round.size()) < per_round && !heap.empty() && heap.top().ub > 0.0 &&
+             (fresh.empty() || heap.top().ub >= best - tie_tolerance(best)))
+        round.push_back(heap.pop());
+      const int64_t r = int64_t(round.size());
+      g.assign(r, 0.0);
+      int64_t stale = 0;
+      for (const Entry& e : round) stale += stamp[e.idx] != step;
+#pragma omp parallel for schedule(static) if (stale * npad_ >= (int64_t(1) << 18))
+      for (int64_t q = 0; q < r; ++q) {
+        const int64_t j = round[q].idx;
+        g[q] = stamp[j] == step ? round[q].ub : clip_sum(isa, S.get() + j * npad_, cur.data(), npad_);
+      }
+      for (int64_t q = 0; q < r; ++q) {
+        const int64_t j = round[q].idx;
+        if (stamp[j] != step) {
+          stamp[j] = step;
+          out.n_evaluations += 1;
+          out.cache_hits += 1;
+        }
+        fresh.push_back({g[q], j});
+        best = std::max(best, g[q]);
+      }
+    }
+    // Tie set: fresh gains within tau of the best, plus the lowest-index exact-zero bound.
+    int64_t pick = -1;
+    double pick_gain = 0.0;
+    if (!fresh.empty()) {
+      const double floor = best - tie_tolerance(best);
+      for (const Entry& e : fresh)
+        if (e.ub >= floor && (pick < 0 || e.idx < pick)) {
+          pick = e.idx;
+          pick_gain = e.ub;
+        }
+    }
+    if (!heap.empty() && heap.top().ub <= 0.0 && (fresh.empty() || 0.0 >= best - tie_tolerance(best)) &&
+        (pick < 0 || heap.top().idx < pick)) {
+      pick = heap.pop().idx;
+      pick_gain = 0.0;
+    }
+    for (const Entry& e : fresh)
+      if (e.idx != pick) heap.push(e.ub, e.idx);
+    if (step == 0) std::fill(out.nearest.begin(), out.nearest.end(), pick);
+    const float* col = S.get() + pick * npad_;
+    for (int64_t i = 0; i < n_; ++i)
+      if (col[i] > cur[i]) {
+        cur[i] = col[i];
+        out.nearest[i] = pick;
+      }
+    out.add_pick(pick, pick_gain);
+    out.unsaturated.push_back(n_);  // no saturation graph here: every row stays in every evaluation
+    report_progress(progress, step + 1, budget);
+  }
+  out.nearest_similarity.assign(cur.begin(), cur.begin() + n_);
   out.greedy_seconds = std::chrono::duration<double>(clock::now() - t_first).count();
   return out;
 }

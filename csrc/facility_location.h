@@ -97,6 +97,11 @@ struct GreedyOutput {
   int64_t n_refreshes = 0;                 // full triangular passes that made every gain exact
   double first_pass_seconds = 0.0;         // column sums + top-K graph
   double greedy_seconds = 0.0;             // everything after the first pass
+  // Similarity cache (DenseSimilarity::lazy_greedy with a memory budget; zero where a backend has none).
+  int64_t cache_used = 0;                  // 1: the whole similarity matrix was built once and the greedy read it
+  int64_t cache_bytes = 0;                 // bytes of that matrix, or of the kept columns (streaming) at their largest
+  double cache_build_seconds = 0.0;        // building the matrix (part of first_pass_seconds)
+  int64_t cache_hits = 0;                  // gains evaluated from cached columns instead of a GEMM over X
   std::vector<int64_t> unsaturated;        // [k] rows still unsaturated after each pick
   std::vector<int64_t> evaluations;        // [k] n_evaluations after each pick
 
@@ -158,7 +163,8 @@ GreedyOutput graph_lazy_greedy(const CoverageGraph& g, int64_t budget, int64_t b
 GreedyOutput graph_lazy_greedy(const int64_t* neighbors, const float* sims, int64_t n, int64_t w, int64_t budget,
                                int64_t batch, const std::function<void(int64_t)>& progress);
 
-// Dense cosine similarity computed on the fly from X; never holds an N x N matrix.
+// Dense cosine similarity computed on the fly from X; holds an N x N matrix only inside cached_greedy, when
+// the caller's memory budget allows it (lazy_greedy with memory_budget >= matrix_bytes()).
 class DenseSimilarity {
  public:
   DenseSimilarity(const float* X, int64_t n, int64_t d);   // X [n, d] row-major
@@ -178,8 +184,24 @@ class DenseSimilarity {
                            const std::function<void(int64_t)>& progress) const;
   // The same with an explicit graph width: graph_k = 0 keeps every row dense (no graph, the plain
   // batched lazy greedy); graph_k >= 1 saturates rows once cur_i >= threshold_i (exact either way).
-  GreedyOutput lazy_greedy(int64_t budget, int64_t batch, int64_t graph_k,
+  // memory_budget (bytes): < 0 streams with kept columns of at most kCacheBytes (the historical default);
+  // >= 0: when matrix_bytes() <= memory_budget the whole similarity is built once (cached_greedy, graph_k
+  // unused), else the streaming greedy keeps at most max(memory_budget, a 8-batch floor) bytes of columns.
+  GreedyOutput lazy_greedy(int64_t budget, int64_t batch, int64_t graph_k, int64_t memory_budget,
                            const std::function<void(int64_t)>& progress) const;
+  GreedyOutput lazy_greedy(int64_t budget, int64_t batch, int64_t graph_k,
+                           const std::function<void(int64_t)>& progress) const {
+    return lazy_greedy(budget, batch, graph_k, -1, progress);
+  }
+  // Bytes of the cached similarity matrix: N columns of npad floats.
+  int64_t matrix_bytes() const { return n_ * npad_ * int64_t(sizeof(float)); }
+  // Exact lazy greedy on the cached matrix: S [n][npad] with S[j * npad + i] = s(i, j), built once from one
+  // triangle by the same tile kernels as the streaming columns (each similarity is one kernel's value for
+  // the pair, and s(i, j) and s(j, i) are the same float: see the top of this file), so every gain is the
+  // streaming path's clipped sum in another order. Evaluations read a column (N floats, no multiply-add);
+  // the lazy loop, the tie rule and nearest are those of graph_lazy_greedy.
+  GreedyOutput cached_greedy(int64_t budget, int64_t batch,
+                             const std::function<void(int64_t)>& progress) const;
   // Lazy greedy on the kNN graph itself (W[i, c] = s(i, c) for listed c, else 0): approximate by design.
   // The first pass's top-n_neighbors graph, then graph_lazy_greedy on it (batch 0 = 1); the profile adds
   // the first pass (n_passes 1, its multiply-adds and seconds).
@@ -193,14 +215,14 @@ class DenseSimilarity {
   void block(const int64_t* idx, int64_t m, const float* cur, float* const* dst, double* gains) const;
 
  private:
-  GreedyOutput greedy(int64_t budget, int64_t batch, int64_t graph_k,
+  GreedyOutput greedy(int64_t budget, int64_t batch, int64_t graph_k, int64_t cache_bytes,
                       const std::function<void(int64_t)>& progress) const;
   // Triangular pass: column sums (cur null) or clipped gains against cur [npad] (see the .cpp).
   int64_t sym_pass(const float* cur, int64_t k, double* out, NeighborGraph* graph) const;
   void pack_candidates(const int64_t* idx, int64_t m, int64_t mpad, void* buf) const;
   int64_t n_ = 0, d_ = 0, npad_ = 0, dpad_ = 0;
   bool int8_ = false;
-  int isa_ = 0;                   // 0 portable, 1 avx512 (fp32), 2 avx512 vnni (int8)
+  int isa_ = 0;                   // 0 portable, 1 avx512 (fp32), 2 avx512 vnni (int8), 3 avx2+fma (fp32)
   std::string kernel_;
   std::vector<float> xf_;         // fp32 panels: [npad/16][dpad][16], unit rows
   std::vector<int8_t> xq_;        // int8 panels: [npad/16][dpad/4][16][4]

@@ -17,7 +17,8 @@ def graph_lazy_greedy(neighbors: np.ndarray, sims: np.ndarray, budget: int, batc
     IndexError for a neighbour index outside [0, N)."""
 
 class DenseSimilarity:
-    """Cosine similarities of the rows of X (float32 or int8 [N, D]), computed on the fly."""
+    """Cosine similarities of the rows of X (float32 or int8 [N, D]), computed on the fly (or cached as one
+    matrix by lazy_greedy when its memory_budget allows)."""
     def __init__(self, X: np.ndarray) -> None: ...
     @property
     def kernel(self) -> str: ...
@@ -32,9 +33,15 @@ class DenseSimilarity:
     def neighbor_graph(self, k: int) -> Dict[str, np.ndarray]:
         """first pass: neighbors int64 [N, k'+1], sims float32 [N, k'+1], threshold float32 [N], column_sums
         float64 [N]"""
+    @property
+    def matrix_bytes(self) -> int:
+        """bytes of the cached similarity matrix: N columns of N rounded up to 64 float32 values"""
     def lazy_greedy(self, budget: int, batch: int = 0, progress: Optional[Callable[[int], Any]] = None,
-                    graph_k: int = ...) -> Dict[str, Any]:
-        """exact lazy greedy: ranking, gains, nearest, nearest_similarity and the run's profile"""
+                    graph_k: int = ..., memory_budget: int = -1) -> Dict[str, Any]:
+        """exact lazy greedy: ranking, gains, nearest, nearest_similarity and the run's profile (cache_used,
+        cache_bytes, cache_build_seconds, cache_hits included); memory_budget >= matrix_bytes builds the whole
+        similarity once and reads its columns, a smaller one >= 0 caps the streaming path's kept columns, -1
+        keeps the streaming default (512 MiB of columns)"""
     def knn_lazy_greedy(self, budget: int, n_neighbors: int, batch: int = 0,
                         progress: Optional[Callable[[int], Any]] = None) -> Dict[str, Any]:
         """exact lazy greedy on the top-n_neighbors graph: graph_lazy_greedy on neighbor_graph(n_neighbors),

@@ -102,6 +102,9 @@ def _add_solve(p, budget_required=True):
     g.add_argument("--merge", choices=MERGES, default="refined",
                    help="with --partitions: a greedy under the true objective over the partitions' picks "
                    "(refined, default) or the exact greedy of the within-partition objective (separable)")
+    g.add_argument("--memory-budget", metavar="BYTES", default=None,
+                   help="memory the dense solver may spend on cached similarities, e.g. 2G or 512M (default: the "
+                   "whole similarity matrix when it fits half the available memory and 4 GiB, else 512M); same picks")
     g.add_argument("--indices-out", metavar="PATH", help="JSONL of the picks: rank, index, id, gain (k-center: radius), weight")
     g.add_argument("--report", metavar="DIR", help="write report.json and PNG plots here")
 
@@ -215,7 +218,8 @@ def _cmd_select(a):
                     n_neighbors=a.n_neighbors, solver_dtype=a.solver_dtype, normalize=a.normalize,
                     text_field=a.text_field, partitions=a.partitions, partition=a.partition, merge=a.merge,
                     knn_index=a.knn_index, knn_recall=a.knn_recall,
-                    lenient=a.lenient, limit=a.limit, progress=not a.quiet, **_extract_options(a))
+                    lenient=a.lenient, limit=a.limit, progress=not a.quiet, memory_budget=a.memory_budget,
+                    **_extract_options(a))
     n = len(result.nearest)
     log.info(_summary_line(result, n, time.perf_counter() - t0))
     log.info("core set: %s%s%s", a.out, f"; picks: {a.indices_out}" if a.indices_out else "",
@@ -253,7 +257,7 @@ def _cmd_solve(a):
                    n_neighbors=a.n_neighbors, solver_dtype=a.solver_dtype, normalize=a.normalize, record_set=rs,
                    out=a.out, indices_out=a.indices_out, report=a.report, progress=not a.quiet,
                    partitions=a.partitions, partition=a.partition, merge=a.merge, ray=a.ray, workers=a.workers,
-                   knn_index=a.knn_index, knn_recall=a.knn_recall)
+                   knn_index=a.knn_index, knn_recall=a.knn_recall, memory_budget=a.memory_budget)
     log.info(_summary_line(result, len(result.nearest), time.perf_counter() - t0))
     return 0
 

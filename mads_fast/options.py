@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -78,6 +78,36 @@ def parse_budget(value) -> Union[int, float]:
     if math.isnan(value) or not 0.0 < value <= 1.0:
         raise InputError(f"a fraction must lie in (0, 1], got {value!r}", param="budget")
     return float(value)
+
+
+_BYTE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+               "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}
+
+
+def parse_memory_budget(value) -> Optional[int]:
+    """The solver's memory budget in bytes: None or ``"auto"`` -> None (the solver's default), an int >= 0, or
+    text with a binary suffix (``"2G"``, ``"512MiB"``, ``"1.5g"``, ``"0"``; K/M/G/T all mean powers of 1024).
+    Anything else is an InputError naming ``memory_budget``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().upper().replace(" ", "")
+        if text == "AUTO":
+            return None
+        number = text.rstrip("KMGTIB")
+        unit = text[len(number):]
+        try:
+            amount = float(number) if unit in _BYTE_UNITS and number else math.nan
+        except ValueError:
+            amount = math.nan
+        if not math.isfinite(amount) or amount < 0:
+            raise InputError(f"{value!r} is not a size in bytes (e.g. 2G, 512M, 1073741824 or auto)",
+                             param="memory_budget")
+        return int(amount * _BYTE_UNITS[unit])
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
+        raise InputError(f"expected a byte count >= 0, a size like '2G', or 'auto'; got {value!r}",
+                         param="memory_budget")
+    return int(value)
 
 
 def resolve_budget(budget, n: int) -> int:

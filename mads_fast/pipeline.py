@@ -24,7 +24,7 @@ import numpy as np
 from .atomic import atomic_write
 from .errors import InputError
 from .options import (BACKENDS, KNN_INDEXES, MODES, NORMALIZE, OBJECTIVES, OPTIMIZERS, SOLVER_DTYPES, check_choice,
-                      check_knn_recall, check_positive_int, parse_budget, resolve_budget)
+                      check_knn_recall, check_positive_int, parse_budget, parse_memory_budget, resolve_budget)
 
 if TYPE_CHECKING:  # names for the hints only: importing them here would load torch
     from .data import RecordSet
@@ -130,7 +130,8 @@ def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backe
           report: Optional[PathLike] = None, extraction: Optional[dict] = None, timings: Optional[dict] = None,
           progress: bool = False, partitions: Optional[int] = None, partition: str = "kmeans",
           merge: str = "refined", ray: Optional[str] = None, workers: Optional[int] = None,
-          knn_index: str = "auto", knn_recall: float = 0.9) -> SelectionResult:
+          knn_index: str = "auto", knn_recall: float = 0.9,
+          memory_budget: Union[None, int, str] = None) -> SelectionResult:
     """Select from a complete feature store and write the outputs: what ``select`` does once its features
     exist, and all that ``mads-fast solve`` does.
 
@@ -142,7 +143,8 @@ def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backe
     ``partition`` ("kmeans" | "random") and ``merge`` ("refined" | "separable"), on ``workers`` local
     processes or, with ``ray``, Ray actors; the workers memory-map the store's solver-input ``.npy``
     (written once, reused). ``knn_index``, ``knn_recall``: knn mode's graph (see ``FacilityLocation``);
-    the report's settings then hold the solver's ``knn_`` profile.
+    the report's settings then hold the solver's ``knn_`` profile. ``memory_budget`` (bytes or "2G"; None:
+    the solver's default) is what the dense solver may spend on cached similarities (FacilityLocation's).
     """
     from .data import write_records
     from .solver import FacilityLocation, KCenter
@@ -154,6 +156,7 @@ def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backe
     partitioned = _partitioned_solver(partitions, partition, merge, ray, workers, objective, optimizer, budget,
                                       backend, mode, n_neighbors, random_state)
     budget = parse_budget(budget)
+    parse_memory_budget(memory_budget)
     if out is not None and record_set is None:
         raise InputError("writing the core set needs the records the store was made from (record_set)",
                          param="out")
@@ -181,7 +184,8 @@ def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backe
     elif objective == "facility":
         solver = FacilityLocation(budget=k, backend=backend, mode=mode, optimizer=optimizer,
                                   n_neighbors=n_neighbors, random_state=random_state, verbose=progress,
-                                  knn_index=knn_index, knn_recall=knn_recall).fit(x)
+                                  knn_index=knn_index, knn_recall=knn_recall,
+                                  memory_budget=memory_budget).fit(x)
     else:
         solver = KCenter(budget=k, backend=backend).fit(x)
     timings["solve"] = time.perf_counter() - t0
@@ -269,6 +273,7 @@ def select(data: Union[PathLike, "RecordSet"], budget: Budget = 0.15, *, out: Op
            text_field: Optional[str] = None, lenient: bool = False,
            limit: Optional[int] = None, progress: bool = True, partitions: Optional[int] = None,
            partition: str = "kmeans", merge: str = "refined", knn_index: str = "auto", knn_recall: float = 0.9,
+           memory_budget: Union[None, int, str] = None,
            **extract_options) -> SelectionResult:
     """Run the whole MADS selection on ``data`` and return a :class:`SelectionResult`.
 
@@ -289,6 +294,7 @@ def select(data: Union[PathLike, "RecordSet"], budget: Budget = 0.15, *, out: Op
     solve_ray = extract_options.get("ray") if partitions is not None else None
     _partitioned_solver(partitions, partition, merge, solve_ray, None, objective, optimizer, budget, backend, mode,
                         n_neighbors, 0)
+    parse_memory_budget(memory_budget)
     if any(extract_options.get(k) is not None for k in ("ray", "workers", "gpus_per_worker")):
         from .extraction.on_ray import check_ray_options
 
@@ -307,4 +313,4 @@ def select(data: Union[PathLike, "RecordSet"], budget: Budget = 0.15, *, out: Op
                  n_neighbors=n_neighbors, solver_dtype=solver_dtype, normalize=normalize, record_set=rs, out=out,
                  indices_out=indices_out, report=report, extraction=stats.to_dict(), timings=timings,
                  progress=progress, partitions=partitions, partition=partition, merge=merge, ray=solve_ray,
-                 knn_index=knn_index, knn_recall=knn_recall)
+                 knn_index=knn_index, knn_recall=knn_recall, memory_budget=memory_budget)

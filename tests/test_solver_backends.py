@@ -163,7 +163,8 @@ def test_grad_requiring_device_tensor_is_detached_not_fatal(fake_cuda, monkeypat
 
 
 def test_isa_switch_chooses_the_kernel_family(monkeypatch):
-    """MADS_FAST_ISA=portable forces the plain loops; avx512 insists on AVX-512; anything else is an error."""
+    """MADS_FAST_ISA=portable forces the plain loops; avx512 / avx2 insist on their family (int8 has no AVX2
+    kernel and stays portable there); auto takes the best the CPU has; anything else is an error."""
     native = _native.load_native("cpp")
     x = np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32)
     q = np.clip(np.round(x * 40), -127, 127).astype(np.int8)
@@ -177,6 +178,16 @@ def test_isa_switch_chooses_the_kernel_family(monkeypatch):
     else:
         with pytest.raises(RuntimeError, match="lacks AVX-512"):
             native.DenseSimilarity(x)
+    import cpuinfo_flags
+    flags = cpuinfo_flags.flags()
+    has2 = {"avx2", "fma"} <= flags
+    assert auto == ("avx512-fp32" if {"avx512f", "avx512dq"} <= flags else "avx2-fp32" if has2 else "portable-fp32")
+    monkeypatch.setenv("MADS_FAST_ISA", "avx2")
+    if has2:
+        assert (native.DenseSimilarity(x).kernel, native.DenseSimilarity(q).kernel) == ("avx2-fp32", "portable-int8")
+    else:
+        with pytest.raises(RuntimeError, match="lacks AVX2"):
+            native.DenseSimilarity(x)
     monkeypatch.setenv("MADS_FAST_ISA", "sse9")
-    with pytest.raises(ValueError, match="MADS_FAST_ISA must be auto, portable or avx512"):
+    with pytest.raises(ValueError, match="MADS_FAST_ISA must be auto, portable, avx2 or avx512"):
         native.DenseSimilarity(x)

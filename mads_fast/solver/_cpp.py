@@ -39,12 +39,23 @@ class CppEngine:
         return self._impl.column_sums()
 
     def lazy_greedy(self, budget: int, batch_size: Optional[int] = None, progress: Progress = None,
-                    graph_k: Optional[int] = None) -> GreedyResult:
-        """Exact lazy greedy; ``graph_k`` is the saturation graph's width (None: the module default, 0: none)."""
+                    graph_k: Optional[int] = None, memory_budget: Optional[int] = None) -> GreedyResult:
+        """Exact lazy greedy; ``graph_k`` is the saturation graph's width (None: the module default, 0: none);
+        ``memory_budget`` in bytes: the whole similarity matrix is cached when it fits, else at most that
+        many bytes of streamed columns are kept (None: the module's streaming default, 512 MiB of columns)."""
         batch = int(batch_size or self.default_batch)
-        if graph_k is None:
-            return result_from(self._impl.lazy_greedy(int(budget), batch, progress))
-        return result_from(self._impl.lazy_greedy(int(budget), batch, progress, int(graph_k)))
+        graph = self._impl_default_graph_k if graph_k is None else int(graph_k)
+        memory = -1 if memory_budget is None else int(memory_budget)
+        return result_from(self._impl.lazy_greedy(int(budget), batch, progress, graph, memory))
+
+    @property
+    def _impl_default_graph_k(self) -> int:
+        return int(load_native("cpp").DEFAULT_GRAPH_K)
+
+    @property
+    def matrix_bytes(self) -> int:
+        """Bytes the cached similarity matrix takes for this X."""
+        return int(self._impl.matrix_bytes)
 
     def knn_graph(self, n_neighbors: int):
         g = self._impl.neighbor_graph(int(n_neighbors))

@@ -186,7 +186,8 @@ class CudaEngine:
     def column_sums(self):
         return self._impl.column_sums()
 
-    def lazy_greedy(self, budget: int, batch_size=None, progress=None) -> GreedyResult:
+    def lazy_greedy(self, budget: int, batch_size=None, progress=None, memory_budget=None) -> GreedyResult:
+        """Exact lazy greedy on the GPU (``memory_budget`` is the C++ engine's host cache; unused here)."""
         return result_from(self._impl.lazy_greedy(int(budget), int(batch_size or self.default_batch), progress))
 
     def knn_graph(self, n_neighbors: int):

@@ -37,8 +37,11 @@ class Engine(Protocol):
     def column_sums(self) -> np.ndarray:
         """float64 [N]: sum_i s(i, j), every candidate's gain on the empty set."""
 
-    def lazy_greedy(self, budget: int, batch_size: Optional[int] = None, progress: Progress = None) -> GreedyResult:
-        """Exact lazy greedy on the dense similarity."""
+    def lazy_greedy(self, budget: int, batch_size: Optional[int] = None, progress: Progress = None,
+                    memory_budget: Optional[int] = None) -> GreedyResult:
+        """Exact lazy greedy on the dense similarity; ``memory_budget`` (bytes, None: the engine's default) is
+        what an engine may spend on cached similarities (C++: the whole matrix when it fits; see ``_memory``),
+        never a change of picks."""
 
     def knn_graph(self, n_neighbors: int) -> Tuple[np.ndarray, np.ndarray]:
         """(neighbors int64 [N, K+1], sims float32 [N, K+1]): self first, then the K = min(n_neighbors, N-1)

@@ -91,7 +91,8 @@ class NumpyEngine:
             sums += self.similarity(rows, everyone).sum(axis=0, dtype=np.float64)
         return sums
 
-    def lazy_greedy(self, budget: int, batch_size=None, progress=None) -> GreedyResult:
+    def lazy_greedy(self, budget: int, batch_size=None, progress=None, memory_budget=None) -> GreedyResult:
+        """Exact lazy greedy over streamed columns (``memory_budget`` is the C++ engine's; unused here)."""
         return lazy_greedy(DenseOracle(self), budget, batch_size or self.default_batch, progress)
 
     def knn_graph(self, n_neighbors: int):

@@ -26,8 +26,12 @@ class GreedyResult:
 
 
 # Profile fields a native module may return beside the result (``GreedyResult.stats``).
+# cache_used: 1 when the whole similarity matrix was built once and read (else the streaming path);
+# cache_bytes: that matrix's bytes, or the streaming path's kept columns at their largest; cache_build_seconds:
+# building the matrix (inside first_pass_seconds); cache_hits: gains read from cached columns, not a GEMM.
 STAT_KEYS = ("n_dense_evaluations", "multiply_adds", "first_pass_multiply_adds", "n_repacks",
-             "first_pass_seconds", "greedy_seconds", "unsaturated", "evaluations")
+             "first_pass_seconds", "greedy_seconds", "unsaturated", "evaluations",
+             "cache_used", "cache_bytes", "cache_build_seconds", "cache_hits")
 
 
 def result_from(out: dict) -> GreedyResult:

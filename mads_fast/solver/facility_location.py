@@ -15,10 +15,11 @@ import numpy as np
 from ._backends import make_engine, prepare
 from ._inputs import check_choice, check_positive_int, resolve_budget
 from ._knn_index import knn_select
+from ._memory import resolve_memory_budget
 from ._oracles import DenseOracle
 from ._stochastic import stochastic_greedy
 from mads_fast.errors import InputError
-from mads_fast.options import KNN_INDEXES, MODES, OPTIMIZERS, check_knn_recall
+from mads_fast.options import KNN_INDEXES, MODES, OPTIMIZERS, check_knn_recall, parse_memory_budget
 
 log = logging.getLogger("mads_fast")
 
@@ -41,13 +42,16 @@ class FacilityLocation:
     """Facility-location core-set selection.
 
     Parameters: ``budget`` (int count in [1, N] or float fraction in (0, 1]); ``backend`` ("auto",
-    "numpy", "cpp", "cuda"); ``mode`` ("dense": similarity columns on the fly, never N x N; "knn": top-
-    ``n_neighbors`` graph); ``optimizer`` ("lazy": exact lazy greedy; "stochastic": stochastic greedy
+    "numpy", "cpp", "cuda"); ``mode`` ("dense": the exact similarity, streamed or cached within
+    ``memory_budget``; "knn": top-``n_neighbors`` graph); ``optimizer`` ("lazy": exact lazy greedy; "stochastic": stochastic greedy
     with ``epsilon`` and ``random_state``); ``batch_size`` (candidates re-evaluated per pass; None =
     backend default); ``verbose`` (a progress bar of picks). kNN mode only: ``knn_index`` ("exact": the exact
     top-K graph, N^2 similarities; "ivf": a FAISS inverted file, needs ``pip install "mads-fast[faiss]"``;
     "auto": exact below ``_knn_index.AUTO_IVF_MIN_N`` rows, else ivf when faiss imports) and ``knn_recall``
-    (ivf: the recall@K the graph must reach on a seeded sample of rows, in (0, 1]; see ``_knn_index``).
+    (ivf: the recall@K the graph must reach on a seeded sample of rows, in (0, 1]; see ``_knn_index``).; ``memory_budget`` (bytes, or text like "2G";
+    None/"auto": the matrix when it fits half the available memory and 4 GiB, else 512 MiB): the C++ dense
+    lazy greedy builds the whole similarity matrix once when it fits, else streams columns keeping at most
+    that many bytes of them; same picks either way (other backends and modes ignore it).
 
     After ``fit``: ``ranking_``, ``gains_``, ``curve_``, ``objective_``, ``nearest_``,
     ``nearest_similarity_``, ``weights_``, ``backend_``, ``n_evaluations_``, ``n_passes_``, ``profile_`` (the
@@ -60,7 +64,8 @@ class FacilityLocation:
     def __init__(self, budget: Union[int, float], backend: str = "auto", mode: str = "dense",
                  similarity: str = "cosine", optimizer: str = "lazy", n_neighbors: int = 64, epsilon: float = 0.01,
                  random_state: int = 0, batch_size: Optional[int] = None, verbose: bool = False,
-                 knn_index: str = "auto", knn_recall: float = 0.9) -> None:
+                 knn_index: str = "auto", knn_recall: float = 0.9,
+                 memory_budget: Union[None, int, str] = None) -> None:
         self.budget = budget
         self.backend = backend
         self.mode = mode
@@ -73,6 +78,7 @@ class FacilityLocation:
         self.verbose = verbose
         self.knn_index = knn_index
         self.knn_recall = knn_recall
+        self.memory_budget = memory_budget
 
     def _check(self):
         check_choice("mode", self.mode, MODES)
@@ -89,6 +95,7 @@ class FacilityLocation:
         seed = self.random_state
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
             raise InputError(f"must be a non-negative int or None, got {seed!r}", param="random_state")
+        parse_memory_budget(self.memory_budget)
 
     def fit(self, X: Any, y: Any = None) -> "FacilityLocation":
         """Select from ``X`` (NumPy, torch or CuPy; float32, float16 or int8 [N, D]); ``y`` is ignored."""
@@ -100,7 +107,8 @@ class FacilityLocation:
         progress, close = progress_bar(k, self.verbose, "facility location")
         try:
             if self.mode == "dense" and self.optimizer == "lazy":
-                result = engine.lazy_greedy(k, self.batch_size, progress)
+                result = engine.lazy_greedy(k, self.batch_size, progress,
+                                            memory_budget=resolve_memory_budget(self.memory_budget, n))
             elif self.mode == "dense":
                 result = stochastic_greedy(DenseOracle(engine), k, float(self.epsilon), self.random_state, progress)
             else:
