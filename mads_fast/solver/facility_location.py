@@ -43,15 +43,19 @@ class FacilityLocation:
 
     Parameters: ``budget`` (int count in [1, N] or float fraction in (0, 1]); ``backend`` ("auto",
     "numpy", "cpp", "cuda"); ``mode`` ("dense": the exact similarity, streamed or cached within
-    ``memory_budget``; "knn": top-``n_neighbors`` graph); ``optimizer`` ("lazy": exact lazy greedy; "stochastic": stochastic greedy
-    with ``epsilon`` and ``random_state``); ``batch_size`` (candidates re-evaluated per pass; None =
-    backend default); ``verbose`` (a progress bar of picks). kNN mode only: ``knn_index`` ("exact": the exact
-    top-K graph, N^2 similarities; "ivf": a FAISS inverted file, needs ``pip install "mads-fast[faiss]"``;
-    "auto": exact below ``_knn_index.AUTO_IVF_MIN_N`` rows, else ivf when faiss imports) and ``knn_recall``
-    (ivf: the recall@K the graph must reach on a seeded sample of rows, in (0, 1]; see ``_knn_index``).; ``memory_budget`` (bytes, or text like "2G";
-    None/"auto": the matrix when it fits half the available memory and 4 GiB, else 512 MiB): the C++ dense
-    lazy greedy builds the whole similarity matrix once when it fits, else streams columns keeping at most
-    that many bytes of them; same picks either way (other backends and modes ignore it).
+    ``memory_budget``; "knn": top-``n_neighbors`` graph); ``optimizer`` ("lazy": exact lazy greedy;
+    "stochastic": stochastic greedy with ``epsilon`` and ``random_state``); ``batch_size`` (candidates
+    re-evaluated per pass; None = backend default); ``verbose`` (a progress bar of picks).
+
+    ``memory_budget`` (bytes, or text like "2G"; None/"auto": the matrix when it fits half the available
+    memory and 4 GiB, else 512 MiB): the C++ dense lazy greedy builds the whole similarity matrix once when it
+    fits, else streams columns keeping at most that many bytes of them; same picks either way (other backends
+    and modes ignore it).
+
+    kNN mode only: ``knn_index`` ("exact": the exact top-K graph, N^2 similarities; "ivf": a FAISS inverted
+    file, needs ``pip install "mads-fast[faiss]"``; "auto": exact below ``_knn_index.AUTO_IVF_MIN_N`` rows,
+    else ivf when faiss imports) and ``knn_recall`` (ivf: the recall@K the graph must reach on a seeded
+    sample of rows, in (0, 1]; see ``_knn_index``).
 
     After ``fit``: ``ranking_``, ``gains_``, ``curve_``, ``objective_``, ``nearest_``,
     ``nearest_similarity_``, ``weights_``, ``backend_``, ``n_evaluations_``, ``n_passes_``, ``profile_`` (the
