@@ -57,6 +57,7 @@ class SelectionResult:
     record_set: object = field(repr=False, default=None)
     report: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    profile: dict = field(default_factory=dict)  # the solver's ``profile_``: its timings, counters, recall, partitions
 
     @property
     def per_pick(self) -> np.ndarray:
@@ -191,6 +192,7 @@ def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backe
     timings["solve"] = time.perf_counter() - t0
     result = _result(solver, ids, objective, record_set)
     result.timings = timings
+    result.profile = dict(getattr(solver, "profile_", {}))
     if out is not None:
         t0 = time.perf_counter()
         write_records(record_set, result.indices, out)
