@@ -82,7 +82,9 @@ def _add_solve(p, budget_required=True):
     g.add_argument("--objective", choices=OBJECTIVES, default="facility",
                    help="facility location (default) or k-center (min-max coverage radius)")
     g.add_argument("--backend", choices=BACKENDS, default="auto")
-    g.add_argument("--mode", choices=MODES, default="dense")
+    g.add_argument("--mode", choices=MODES, default="auto",
+                   help="dense: the exact similarity; knn: a top-K neighbour graph (--knn-index); auto (default): "
+                   "dense below 100,000 examples, knn from there")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="lazy")
     g.add_argument("--n-neighbors", type=int, default=64, help="neighbours per example in knn mode (64)")
     g.add_argument("--knn-index", choices=KNN_INDEXES, default="auto",

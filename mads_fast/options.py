@@ -24,7 +24,7 @@ COMPUTE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 # selection (solve)
 OBJECTIVES = ("facility", "kcenter")
 BACKENDS = ("auto", "cuda", "cpp", "numpy")
-MODES = ("dense", "knn")
+MODES = ("auto", "dense", "knn")  # auto: dense up to solver.facility_location.AUTO_KNN_MIN_N rows, then knn
 KNN_INDEXES = ("auto", "exact", "ivf")         # knn mode's graph: exact top-K, FAISS inverted file, or by N
 OPTIMIZERS = ("lazy", "stochastic")
 NORMALIZE = ("standardize", "center")

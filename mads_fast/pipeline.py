@@ -125,7 +125,7 @@ def _result(solver, ids, objective: str, record_set) -> SelectionResult:
 
 
 def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backend: str = "auto",
-          mode: str = "dense", optimizer: str = "lazy", n_neighbors: int = 64, solver_dtype: str = "int8",
+          mode: str = "auto", optimizer: str = "lazy", n_neighbors: int = 64, solver_dtype: str = "int8",
           normalize: str = "standardize", random_state: int = 0, record_set: Optional["RecordSet"] = None,
           out: Optional[PathLike] = None, indices_out: Optional[PathLike] = None,
           report: Optional[PathLike] = None, extraction: Optional[dict] = None, timings: Optional[dict] = None,
@@ -204,12 +204,13 @@ def solve(store: PathLike, budget: Budget, *, objective: str = "facility", backe
         settings = {}
         if record_set is not None:
             settings.update(data=str(record_set.path), detected=record_set.describe())
-        settings.update(objective=objective, backend=getattr(solver, "backend_", backend), mode=mode,
+        settings.update(objective=objective, backend=getattr(solver, "backend_", backend),
+                        mode=getattr(solver, "mode_", mode),
                         optimizer=optimizer, solver_dtype=solver_dtype, normalize=normalize)
         if partitioned is not None:
             settings["partitioned"] = {key: solver.profile_[key] for key in (
                 "partitions", "partition", "merge", "sizes", "workers", "placement", "seconds")}
-        elif mode == "knn" and objective == "facility":
+        elif getattr(solver, "mode_", mode) == "knn" and objective == "facility":
             settings["knn"] = {key: value for key, value in solver.profile_.items() if key.startswith("knn_")}
         if extraction is not None:
             settings["extraction"] = extraction
@@ -270,7 +271,7 @@ def build_report(report_dir, result: SelectionResult, reader, solver_input, sett
 def select(data: Union[PathLike, "RecordSet"], budget: Budget = 0.15, *, out: Optional[PathLike] = None,
            store: Optional[PathLike] = None, report: Optional[PathLike] = None,
            indices_out: Optional[PathLike] = None, model: Union[None, PathLike, "LoadedModel"] = None,
-           objective: str = "facility", backend: str = "auto", mode: str = "dense", optimizer: str = "lazy",
+           objective: str = "facility", backend: str = "auto", mode: str = "auto", optimizer: str = "lazy",
            n_neighbors: int = 64, solver_dtype: str = "int8", normalize: str = "standardize",
            text_field: Optional[str] = None, lenient: bool = False,
            limit: Optional[int] = None, progress: bool = True, partitions: Optional[int] = None,

@@ -352,3 +352,27 @@ def test_stochastic_greedy_runs_on_the_ivf_graph(data):
     exact = fit(data, knn_index="ivf", n_neighbors=10)
     f = lambda r: S[:, r].max(axis=1).sum()  # noqa: E731
     assert f(out.ranking_) >= 0.98 * f(exact.ranking_)
+
+
+@pytest.mark.parametrize("block_rows", [None, 7, 50])
+def test_sample_neighbours_by_blas_equal_the_engines(block_rows):
+    # The recall sample's exact neighbours come from a float32 GEMM over blocks of rows with a running top-k;
+    # they must be the engine's own top-K (ties at 0 and duplicates to the lowest index), whatever the blocks.
+    from mads_fast.solver._backends import make_engine, prepare
+    from mads_fast.solver._knn_index import UnitRows, exact_neighbors
+
+    rng = np.random.default_rng(11)
+    X = rng.integers(-127, 128, size=(230, 24)).astype(np.int8)
+    X[40:60] = X[0:20]          # duplicates: exact ties
+    X[100:105] = 0              # zero rows: similarity 0 with everything
+    X[150:160, :12] = 0         # rows orthogonal-ish to many: ties at the clip
+    X[150:160, 12:] = np.abs(X[150:160, 12:])
+    X[170:180, 12:] = 0
+    X[170:180, :12] = -np.abs(X[170:180, :12])
+    Xp, name = prepare("cpp" if "cpp" in available_backends() else "numpy", X)
+    engine = make_engine(name, Xp)
+    rows = np.array([0, 1, 19, 40, 41, 100, 103, 150, 155, 171, 229], dtype=np.int64)
+    for k in (1, 5, 17):
+        want = exact_neighbors(engine, rows, k)
+        got = exact_neighbors(engine, rows, k, UnitRows(X), block_rows=block_rows)
+        assert np.array_equal(got, want), k

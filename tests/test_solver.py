@@ -284,3 +284,23 @@ def test_every_engine_implements_the_engine_protocol(backend):
     solver_sources = "".join((Path(__file__).parents[1] / "mads_fast" / "solver" / f).read_text()
                              for f in ("facility_location.py", "kcenter.py"))
     assert all(probe not in solver_sources for probe in (".name ==", "hasattr(", '== "cuda"', 'getattr('))
+
+
+def test_mode_auto_is_dense_below_the_threshold_and_knn_from_it(monkeypatch, caplog):
+    import mads_fast.solver.facility_location as fl_mod
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((300, 16)).astype(np.float32)
+    dense = FacilityLocation(budget=30, mode="dense").fit(X)
+    knn = FacilityLocation(budget=30, mode="knn", n_neighbors=8, knn_index="exact").fit(X)
+    assert not np.array_equal(dense.ranking_, knn.ranking_)  # the two modes differ on this input
+    monkeypatch.setattr(fl_mod, "AUTO_KNN_MIN_N", 301)
+    below = FacilityLocation(budget=30, mode="auto", n_neighbors=8, knn_index="exact").fit(X)
+    assert below.mode_ == "dense" and np.array_equal(below.ranking_, dense.ranking_)
+    monkeypatch.setattr(fl_mod, "AUTO_KNN_MIN_N", 300)
+    with caplog.at_level("INFO", logger="mads_fast"):
+        above = FacilityLocation(budget=30, mode="auto", n_neighbors=8, knn_index="exact").fit(X)
+    assert above.mode_ == "knn" and np.array_equal(above.ranking_, knn.ranking_)
+    assert np.array_equal(above.gains_, knn.gains_)
+    assert "solver mode: knn (auto: N=300 >= 300)" in caplog.text
+    assert FacilityLocation(budget=30).mode == "auto"

@@ -39,7 +39,7 @@ KEEP_BYTES = 256 << 20  # similarity columns a refining worker keeps (own rows o
 class PartitionWorker:
     """One worker's rows and state. ``threads``: OpenMP threads for the native engine (set before it loads)."""
 
-    def __init__(self, path: str, backend: str = "auto", mode: str = "dense", n_neighbors: int = 64,
+    def __init__(self, path: str, backend: str = "auto", mode: str = "auto", n_neighbors: int = 64,
                  batch_size: Optional[int] = None, threads: Optional[int] = None) -> None:
         if threads:
             os.environ["OMP_NUM_THREADS"] = str(int(threads))  # libgomp reads it when the native module loads

@@ -23,6 +23,23 @@ from mads_fast.options import KNN_INDEXES, MODES, OPTIMIZERS, check_knn_recall, 
 
 log = logging.getLogger("mads_fast")
 
+# mode="auto": the exact dense greedy up to this many rows, the kNN graph (auto index: ivf from 20k rows) above.
+# Measured on 2 cores, int8, D=256, 10-15% budgets: dense 29.5 s at N=52k (AVX-512, bench/results/solver_cpu.md)
+# and 152 s at 100k, growing as N^2 (about 10 minutes at 200k); knn-ivf 19.6 s at 100k and 37.6 s at 200k
+# (bench/results/knn_index_crossover_rerun.md) at 99.9% of dense's objective on real features (kNN-64 at 52k).
+AUTO_KNN_MIN_N = 100_000
+
+
+def resolve_mode(mode: str, n: int) -> str:
+    """"dense" or "knn" for ``mode`` on ``n`` rows ("auto": dense below ``AUTO_KNN_MIN_N`` rows, else knn)."""
+    check_choice("mode", mode, MODES)
+    if mode != "auto":
+        return mode
+    chosen = "dense" if n < AUTO_KNN_MIN_N else "knn"
+    log.info("solver mode: %s (auto: N=%s %s %s)", chosen, f"{n:,}", "<" if chosen == "dense" else ">=",
+             f"{AUTO_KNN_MIN_N:,}")
+    return chosen
+
 
 def progress_bar(total: int, verbose: bool, desc: str):
     """(callback(done), close()) for a tqdm bar of picks, or no-ops when not verbose."""
@@ -43,7 +60,8 @@ class FacilityLocation:
 
     Parameters: ``budget`` (int count in [1, N] or float fraction in (0, 1]); ``backend`` ("auto",
     "numpy", "cpp", "cuda"); ``mode`` ("dense": the exact similarity, streamed or cached within
-    ``memory_budget``; "knn": top-``n_neighbors`` graph); ``optimizer`` ("lazy": exact lazy greedy;
+    ``memory_budget``; "knn": top-``n_neighbors`` graph; "auto": dense below ``AUTO_KNN_MIN_N`` rows, else
+    knn; ``mode_`` says which ran); ``optimizer`` ("lazy": exact lazy greedy;
     "stochastic": stochastic greedy with ``epsilon`` and ``random_state``); ``batch_size`` (candidates
     re-evaluated per pass; None = backend default); ``verbose`` (a progress bar of picks).
 
@@ -65,7 +83,7 @@ class FacilityLocation:
     and a FAISS search over the picks).
     """
 
-    def __init__(self, budget: Union[int, float], backend: str = "auto", mode: str = "dense",
+    def __init__(self, budget: Union[int, float], backend: str = "auto", mode: str = "auto",
                  similarity: str = "cosine", optimizer: str = "lazy", n_neighbors: int = 64, epsilon: float = 0.01,
                  random_state: int = 0, batch_size: Optional[int] = None, verbose: bool = False,
                  knn_index: str = "auto", knn_recall: float = 0.9,
@@ -108,12 +126,13 @@ class FacilityLocation:
         n = X.shape[0]
         k = resolve_budget(self.budget, n)
         engine = make_engine(name, X)
+        mode = resolve_mode(self.mode, n)
         progress, close = progress_bar(k, self.verbose, "facility location")
         try:
-            if self.mode == "dense" and self.optimizer == "lazy":
+            if mode == "dense" and self.optimizer == "lazy":
                 result = engine.lazy_greedy(k, self.batch_size, progress,
                                             memory_budget=resolve_memory_budget(self.memory_budget, n))
-            elif self.mode == "dense":
+            elif mode == "dense":
                 result = stochastic_greedy(DenseOracle(engine), k, float(self.epsilon), self.random_state, progress)
             else:
                 result = knn_select(engine, X, k, n_neighbors=self.n_neighbors, optimizer=self.optimizer,
@@ -132,6 +151,7 @@ class FacilityLocation:
         self.backend_ = name
         self.n_evaluations_ = int(result.n_evaluations)
         self.n_passes_ = int(result.n_passes)
+        self.mode_ = mode
         self.profile_ = dict(result.stats)
         return self
 

@@ -86,7 +86,7 @@ class PartitionedFacilityLocation:
     """
 
     def __init__(self, budget: Union[int, float], partitions: int, partition: str = "kmeans",
-                 merge: str = "refined", backend: str = "auto", mode: str = "dense", n_neighbors: int = 64,
+                 merge: str = "refined", backend: str = "auto", mode: str = "auto", n_neighbors: int = 64,
                  batch_size: Optional[int] = None, refine_batch: Optional[int] = None, margin: float = 0.25,
                  random_state: Optional[int] = 0, workers: Optional[int] = None, ray: Optional[str] = None) -> None:
         self.budget = budget
