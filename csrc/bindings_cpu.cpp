@@ -37,7 +37,7 @@ std::unique_ptr<DenseSimilarity> make_dense(py::array X) {
 }  // namespace
 
 PYBIND11_MODULE(_solver_cpu, m) {
-  m.doc() = "C++ facility-location solver (OpenMP; AVX-512 fp32 / VNNI int8 kernels chosen at run time)";
+  m.doc() = "C++ facility-location solver (OpenMP; AVX-512 fp32 / VNNI int8 and AVX2 fp32 / int8 kernels chosen at run time)";
   m.attr("TIE_ABS") = mads::kTieAbs;
   m.attr("TIE_REL") = mads::kTieRel;
   m.attr("DEFAULT_GRAPH_K") = mads::kDefaultGraphK;

@@ -2,8 +2,10 @@
 //
 // Layout: rows live in panels of 16 ([npad/16][dpad][16] fp32, [npad/16][dpad/4][16][4] int8), so
 // one 64-byte load gives 16 rows at one k (fp32) or 16 rows x 4 k (int8, the vpdpbusd operand). The
-// micro-kernel computes a 64 x 6 tile (rows x candidates): 24 zmm accumulators (AVX2: 16 rows at a time,
-// 12 ymm accumulators, the same fma chain per similarity), per k 4 row loads and 6 candidate broadcasts, and fuses the epilogue (scale, clip at 0, store the column, accumulate the
+// micro-kernel computes a 64 x 6 tile (rows x candidates): 24 zmm accumulators (AVX2 fp32: 16 rows at a
+// time, 12 ymm accumulators, the same fma chain per similarity; AVX2 int8: 8 rows at a time, 6 ymm int32
+// accumulators fed by vpmaddwd), per k 4 row loads and 6 candidate broadcasts, and fuses the epilogue
+// (scale, clip at 0, store the column, accumulate the
 // clipped gain against cur in double; in the first pass also offer each similarity to the top-K lists
 // of its row and, off the diagonal, of its candidate). Kernels are compiled with target attributes and
 // chosen at run time with __builtin_cpu_supports, so the module runs on any x86-64 (portable loops
@@ -44,11 +46,10 @@
 namespace mads {
 namespace {
 
-// Kernel families (isa_): 0 portable loops, 1 AVX-512 fp32, 2 AVX-512 VNNI int8, 3 AVX2+FMA fp32 (int8 has
-// no AVX2 kernel: it runs the portable loops there). Read when a similarity is built: MADS_FAST_ISA=portable
-// forces the plain loops (so the tests run both paths on a SIMD machine), =avx512 / =avx2 insist on that
-// family (an error on a CPU without it; =avx2 leaves int8 on the portable loops), unset or auto takes the
-// best the CPU supports.
+// Kernel families (isa_): 0 portable loops, 1 AVX-512 fp32, 2 AVX-512 VNNI int8, 3 AVX2+FMA fp32, 4 AVX2 int8
+// (vpmaddwd). Read when a similarity is built: MADS_FAST_ISA=portable forces the plain loops (so the tests run
+// both paths on a SIMD machine), =avx512 / =avx2 insist on that family for both dtypes (an error on a CPU
+// without it), unset or auto takes the best the CPU supports (int8 without AVX-512 VNNI: the AVX2 kernel).
 int choose_isa(bool int8) {
   const bool has512 = __builtin_cpu_supports("avx512f") &&
                       (int8 ? __builtin_cpu_supports("avx512vnni") : __builtin_cpu_supports("avx512dq"));
@@ -56,7 +57,8 @@ int choose_isa(bool int8) {
   const int isa512 = int8 ? 2 : 1;
   const char* env = std::getenv("MADS_FAST_ISA");
   const std::string want = env ? env : "";
-  if (want.empty() || want == "auto") return has512 ? isa512 : (has2 && !int8) ? 3 : 0;
+  const int isa2 = int8 ? 4 : 3;
+  if (want.empty() || want == "auto") return has512 ? isa512 : has2 ? isa2 : 0;
   if (want == "portable") return 0;
   if (want == "avx512") {
     if (!has512)
@@ -66,7 +68,7 @@ int choose_isa(bool int8) {
   }
   if (want == "avx2") {
     if (!has2) throw std::runtime_error("MADS_FAST_ISA=avx2, but this CPU lacks AVX2/FMA");
-    return int8 ? 0 : 3;
+    return isa2;
   }
   throw std::invalid_argument("MADS_FAST_ISA must be auto, portable, avx2 or avx512, got '" + want + "'");
 }
@@ -387,8 +389,16 @@ MADS_AVX2 inline __attribute__((always_inline)) void topk_avx2(const __m256 (&s)
   }
 }
 
+// kRowOrderGains = false (fp32): each candidate's tile gain is 8 float lane sums (rows l, l + 8, ...), then
+// added per lane into its 8 double gsum lanes. true (int8): the portable epilogue's order exactly, each
+// clipped term widened to double and summed row by row, r = 0 .. 63, into gsum lane 0, so the int8 gains
+// and column sums are the portable kernel's bits (6 serial chains of 64 adds: the N = 20k, D = 256 int8
+// column sums took 0.88-0.90 s against 0.85 s with the 8-lane float sums, ~5%, on a shared 2-core EPYC).
+// The column stores, rowacc (float, candidates in order 0 .. 5) and the top-K offers are the same either way.
+template <bool kRowOrderGains>
 MADS_AVX2 inline __attribute__((always_inline)) void epilogue_avx2(__m256 (&s)[8][kTileCols], const Epi& e) {
   const __m256 zero = _mm256_setzero_ps();
+  alignas(32) double terms[kRowOrderGains ? kTileCols : 1][kTileRows];
   __m256 rs[8];
   __m256 cu[8];
   for (int v = 0; v < 8; ++v) {
@@ -402,13 +412,28 @@ MADS_AVX2 inline __attribute__((always_inline)) void epilogue_avx2(__m256 (&s)[8
     for (int v = 0; v < 8; ++v) {
       const __m256 x = _mm256_max_ps(s[v][c], zero);
       if (e.dst[c]) _mm256_storeu_ps(e.dst[c] + e.row0 + 8 * v, x);
-      gv = _mm256_add_ps(gv, _mm256_max_ps(_mm256_sub_ps(x, cu[v]), zero));
+      const __m256 t = _mm256_max_ps(_mm256_sub_ps(x, cu[v]), zero);
+      if constexpr (kRowOrderGains) {
+        _mm256_store_pd(&terms[c][8 * v], _mm256_cvtps_pd(_mm256_castps256_ps128(t)));
+        _mm256_store_pd(&terms[c][8 * v + 4], _mm256_cvtps_pd(_mm256_extractf128_ps(t, 1)));
+      } else {
+        gv = _mm256_add_ps(gv, t);
+      }
       rs[v] = _mm256_add_ps(rs[v], _mm256_max_ps(_mm256_sub_ps(x, cc), zero));
     }
-    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(gv));
-    const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(gv, 1));
-    _mm256_storeu_pd(e.gsum + 8 * c, _mm256_add_pd(_mm256_loadu_pd(e.gsum + 8 * c), lo));
-    _mm256_storeu_pd(e.gsum + 8 * c + 4, _mm256_add_pd(_mm256_loadu_pd(e.gsum + 8 * c + 4), hi));
+    if constexpr (!kRowOrderGains) {
+      const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(gv));
+      const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(gv, 1));
+      _mm256_storeu_pd(e.gsum + 8 * c, _mm256_add_pd(_mm256_loadu_pd(e.gsum + 8 * c), lo));
+      _mm256_storeu_pd(e.gsum + 8 * c + 4, _mm256_add_pd(_mm256_loadu_pd(e.gsum + 8 * c + 4), hi));
+    }
+  }
+  if constexpr (kRowOrderGains) {
+    double g[kTileCols] = {};
+    for (int r = 0; r < kTileRows; ++r)
+#pragma GCC unroll 6
+      for (int c = 0; c < kTileCols; ++c) g[c] += terms[c][r];
+    for (int c = 0; c < kTileCols; ++c) e.gsum[8 * c] += g[c];
   }
   if (e.rowacc)
     for (int v = 0; v < 8; ++v) _mm256_storeu_ps(e.rowacc + 8 * v, rs[v]);
@@ -435,16 +460,66 @@ MADS_AVX2 void tile_f32_avx2(const float* p, int64_t pstride, const float* cand,
       s[2 * v + 1][c] = a1[c];
     }
   }
-  epilogue_avx2(s, e);
+  epilogue_avx2<false>(s, e);
 }
 
-MADS_AVX2 double clip_sum_avx2(const float* col, const float* cur, int64_t n) {
+// ---------------------------------------------------------------- AVX2 kernel (int8)
+// The 64 x 6 int8 tile without VNNI: per 8-row slab (half of a 16-row panel's 64-byte k-quad: 8 rows x 4 k
+// bytes) one load, then two int16 views of it by shifts within each 16-bit lane: ev = (x_k0, x_k2) and
+// od = (x_k1, x_k3) per row's dword, sign-extended. vpmaddwd of ev with the candidate's (c_k0, c_k2) and
+// of od with (c_k1, c_k3) gives each row's 4-term dot in its own int32 lane; 6 accumulators + 3 row
+// registers + 2 broadcasts per slab. No saturation anywhere: int8 x int8 products are <= 2^14 in
+// magnitude, a pair <= 2^15 (vpmaddwd overflows only for two (-2^15)^2 products, impossible from int8),
+// and a whole dot <= D * 2^14 < 2^31 for D <= kInt8MaxDim. The candidate operand is signed int16 (x, not
+// x + 128: no rowsum fix), packed by pack_candidates with each quad ordered (k0, k2, k1, k3).
+// Integer sums are exact, so the int32 dot equals the portable and VNNI kernels' dot; the scale is the
+// same float expression float(dot) * (inv_r * inv_c) as theirs, so every similarity is the same float.
+// The epilogue sums the gains in the portable order (epilogue_avx2<true>), and this family's clip sums
+// and drops do too (clip_sum, drop_of), so every int8 output (columns, gains, column sums, graph, the
+// whole greedy) is the portable kernel's, bit for bit; the VNNI family differs from both only in the
+// grouping of its gain sums.
+MADS_AVX2 void tile_i8_avx2(const int8_t* p, int64_t pstride, const int16_t* cand, int64_t dpad, const Epi& e) {
+  __m256 s[8][kTileCols];
+  const int64_t kq = dpad / 4;
+  for (int v = 0; v < 8; ++v) {
+    const int8_t* pv = p + (v / 2) * pstride + (v % 2) * 32;  // rows 8v .. 8v + 7 of the tile
+    __m256i acc[kTileCols];
+    for (int c = 0; c < kTileCols; ++c) acc[c] = _mm256_setzero_si256();
+    for (int64_t q = 0; q < kq; ++q) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pv + 64 * q));
+      const __m256i ev = _mm256_srai_epi16(_mm256_slli_epi16(x, 8), 8);
+      const __m256i od = _mm256_srai_epi16(x, 8);
+#pragma GCC unroll 6
+      for (int c = 0; c < kTileCols; ++c) {
+        int32_t w[2];
+        std::memcpy(w, cand + c * dpad + 4 * q, 8);
+        const __m256i t = _mm256_add_epi32(_mm256_madd_epi16(ev, _mm256_set1_epi32(w[0])),
+                                           _mm256_madd_epi16(od, _mm256_set1_epi32(w[1])));
+        acc[c] = _mm256_add_epi32(acc[c], t);
+      }
+    }
+    const __m256 inv = _mm256_loadu_ps(e.inv + e.row0 + 8 * v);
+    for (int c = 0; c < kTileCols; ++c)
+      s[v][c] = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[c]), _mm256_mul_ps(inv, _mm256_set1_ps(e.cand_inv[c])));
+  }
+  epilogue_avx2<true>(s, e);
+}
+
+// portable_order: the final reduction of clip_sum_portable, ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+// over its lanes a_l (rows i = l mod 8; those lane sums are identical here), so the result is its bits.
+MADS_AVX2 double clip_sum_avx2(const float* col, const float* cur, int64_t n, bool portable_order) {
   const __m256 zero = _mm256_setzero_ps();
   __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
   for (int64_t i = 0; i < n; i += 8) {  // n is a multiple of 8
     const __m256 t = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(col + i), _mm256_loadu_ps(cur + i)), zero);
     a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(t)));
     a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(t, 1)));
+  }
+  if (portable_order) {
+    alignas(32) double lo[4], hi[4];
+    _mm256_store_pd(lo, a0);
+    _mm256_store_pd(hi, a1);
+    return ((lo[0] + lo[1]) + (lo[2] + lo[3])) + ((hi[0] + hi[1]) + (hi[2] + hi[3]));
   }
   alignas(32) double out[4];
   _mm256_store_pd(out, _mm256_add_pd(a0, a1));
@@ -473,6 +548,29 @@ MADS_AVX2 double drop_avx2(const float* S, const int32_t* pos, const float* oldv
   return drop;
 }
 
+// drop_portable's order (one serial sum over r, for the AVX2 int8 family's bit identity with it) with the
+// gathers and clips 8 rows at a time.
+MADS_AVX2 double drop_avx2_serial(const float* S, const int32_t* pos, const float* oldv, const float* newv, int64_t R) {
+  const __m256 zero = _mm256_setzero_ps();
+  double drop = 0.0;
+  int64_t r = 0;
+  alignas(32) double t[8];
+  for (; r + 8 <= R; r += 8) {
+    const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pos + r));
+    const __m256 x = _mm256_i32gather_ps(S, p, 4);
+    const __m256 hi = _mm256_max_ps(_mm256_sub_ps(x, _mm256_loadu_ps(oldv + r)), zero);
+    const __m256 lo = _mm256_max_ps(_mm256_sub_ps(x, _mm256_loadu_ps(newv + r)), zero);
+    _mm256_store_pd(t, _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(hi)), _mm256_cvtps_pd(_mm256_castps256_ps128(lo))));
+    _mm256_store_pd(t + 4, _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(hi, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(lo, 1))));
+    for (int l = 0; l < 8; ++l) drop += t[l];
+  }
+  for (; r < R; ++r) {
+    const float x = S[pos[r]];
+    drop += double(std::max(x - oldv[r], 0.f)) - double(std::max(x - newv[r], 0.f));
+  }
+  return drop;
+}
+
 double drop_portable(const float* S, const int32_t* pos, const float* oldv, const float* newv, int64_t R) {
   double drop = 0.0;
   for (int64_t r = 0; r < R; ++r) {
@@ -491,17 +589,19 @@ double clip_sum_portable(const float* col, const float* cur, int64_t n) {
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// sum_i max(0, col[i] - cur[i]) over n (a multiple of 64) rows, in the family's vector width.
+// sum_i max(0, col[i] - cur[i]) over n (a multiple of 64) rows, in the family's vector width (AVX2 int8: in the
+// portable order).
 double clip_sum(int isa, const float* col, const float* cur, int64_t n) {
   if (isa == 1 || isa == 2) return clip_sum_avx512(col, cur, n);
-  if (isa == 3) return clip_sum_avx2(col, cur, n);
+  if (isa == 3 || isa == 4) return clip_sum_avx2(col, cur, n, isa == 4);
   return clip_sum_portable(col, cur, n);
 }
 
-// drop_avx512 / drop_avx2 / drop_portable by family.
+// drop_avx512 / drop_avx2 / drop_avx2_serial (the portable order) / drop_portable by family.
 double drop_of(int isa, const float* S, const int32_t* pos, const float* oldv, const float* newv, int64_t R) {
   if (isa == 1 || isa == 2) return drop_avx512(S, pos, oldv, newv, R);
   if (isa == 3) return drop_avx2(S, pos, oldv, newv, R);
+  if (isa == 4) return drop_avx2_serial(S, pos, oldv, newv, R);
   return drop_portable(S, pos, oldv, newv, R);
 }
 
@@ -521,6 +621,10 @@ struct Kernel {
     const int64_t pstride = dpad * 16;
     if (int8) {
       const int8_t* p = static_cast<const int8_t*>(v.base) + (row0 / 16) * pstride;
+      if (isa == 4) {
+        tile_i8_avx2(p, pstride, static_cast<const int16_t*>(cand), dpad, e);
+        return;
+      }
       const uint8_t* cb = static_cast<const uint8_t*>(cand);
       if (isa == 2) tile_i8_vnni(p, pstride, cb, dpad, e);
       else tile_i8_portable(p, pstride, cb, dpad, e);
@@ -532,7 +636,10 @@ struct Kernel {
       else tile_f32_portable(p, pstride, cb, dpad, e);
     }
   }
-  int64_t elem() const { return int8 ? 1 : 4; }
+  // Bytes per k of a packed candidate (pack_candidates): fp32 4, int8 1 (x + 128), AVX2 int8 2 (int16).
+  int64_t elem() const { return int8 ? (isa == 4 ? 2 : 1) : 4; }
+  // Bytes per k of a row in the panels.
+  int64_t row_elem() const { return int8 ? 1 : 4; }
 };
 
 // Similarity columns of mpad packed candidates (groups of 6) over the rows of `view`: dst[c] (view
@@ -542,7 +649,7 @@ void run_block(const Kernel& kern, const RowView& view, const void* cand, const 
   const int64_t groups = mpad / kTileCols;
   const int64_t tiles = view.rows_pad / kTileRows;
   // Rows per chunk: keep a chunk of row panels in L2 (~256 KB) while every candidate group sweeps it.
-  const int64_t chunk = std::max<int64_t>(1, (256 << 10) / (kTileRows * kern.dpad * kern.elem()));
+  const int64_t chunk = std::max<int64_t>(1, (256 << 10) / (kTileRows * kern.dpad * kern.row_elem()));
   const int64_t nchunks = (tiles + chunk - 1) / chunk;
   const int64_t work = view.rows_pad * mpad * kern.dpad;
   std::vector<double> total(mpad * 8, 0.0);
@@ -604,7 +711,7 @@ DenseSimilarity::DenseSimilarity(const int8_t* X, int64_t n, int64_t d) : n_(n),
   npad_ = round_up(n, kTileRows);
   dpad_ = round_up(d, 4);
   isa_ = choose_isa(true);
-  kernel_ = isa_ ? "avx512-vnni-int8" : "portable-int8";
+  kernel_ = isa_ == 2 ? "avx512-vnni-int8" : isa_ == 4 ? "avx2-int8" : "portable-int8";
   inv_.assign(npad_, 0.f);
   rowsum_.assign(npad_, 0);
   xq_.assign(npad_ * dpad_, 0);
@@ -626,7 +733,21 @@ DenseSimilarity::DenseSimilarity(const int8_t* X, int64_t n, int64_t d) : n_(n),
 void DenseSimilarity::pack_candidates(const int64_t* idx, int64_t m, int64_t mpad, void* buf) const {
   for (int64_t c = 0; c < mpad; ++c) {
     const int64_t j = c < m ? idx[c] : -1;
-    if (int8_) {
+    if (int8_ && isa_ == 4) {  // tile_i8_avx2's operand: int16, each k-quad ordered (k0, k2, k1, k3)
+      int16_t* out = static_cast<int16_t*>(buf) + c * dpad_;
+      if (j < 0) {
+        std::fill(out, out + dpad_, int16_t(0));
+        continue;
+      }
+      const int8_t* panel = xq_.data() + (j / 16) * dpad_ * 16 + (j % 16) * 4;
+      for (int64_t q = 0; q < dpad_ / 4; ++q) {
+        const int8_t* x = panel + q * 64;
+        out[4 * q] = x[0];
+        out[4 * q + 1] = x[2];
+        out[4 * q + 2] = x[1];
+        out[4 * q + 3] = x[3];
+      }
+    } else if (int8_) {
       uint8_t* out = static_cast<uint8_t*>(buf) + c * dpad_;
       if (j < 0) {
         std::fill(out, out + dpad_, uint8_t(128));

@@ -222,7 +222,7 @@ class DenseSimilarity {
   void pack_candidates(const int64_t* idx, int64_t m, int64_t mpad, void* buf) const;
   int64_t n_ = 0, d_ = 0, npad_ = 0, dpad_ = 0;
   bool int8_ = false;
-  int isa_ = 0;                   // 0 portable, 1 avx512 (fp32), 2 avx512 vnni (int8), 3 avx2+fma (fp32)
+  int isa_ = 0;                   // 0 portable, 1 avx512 (fp32), 2 avx512 vnni (int8), 3 avx2+fma (fp32), 4 avx2 (int8)
   std::string kernel_;
   std::vector<float> xf_;         // fp32 panels: [npad/16][dpad][16], unit rows
   std::vector<int8_t> xq_;        // int8 panels: [npad/16][dpad/4][16][4]

@@ -42,10 +42,19 @@ def pytest_runtest_makereport(item, call):
     report.longrepr = f"MADS_FAST_REQUIRE_GPU=1 and this GPU test skipped: {reason}"
 
 
-@pytest.fixture(scope="module", params=["auto", "portable"])
+def _cpu_isa_families():
+    """auto and portable everywhere; avx2 too where auto would pick AVX-512 for it (so the AVX2 fp32 and int8
+    kernels run on AVX-512 machines as well; on an AVX2-only CPU auto already is them)."""
+    import cpuinfo_flags
+    flags = cpuinfo_flags.flags()
+    return ["auto", "portable"] + (["avx2"] if {"avx2", "fma", "avx512f"} <= flags else [])
+
+
+@pytest.fixture(scope="module", params=_cpu_isa_families())
 def cpu_isa(request):
-    """Run a solver test module once per C++ kernel family: what this CPU picks (AVX-512 where it has it)
-    and the portable loops (MADS_FAST_ISA=portable), so the portable path is tested on AVX-512 machines too."""
+    """Run a solver test module once per C++ kernel family: what this CPU picks (AVX-512 where it has it,
+    else AVX2 for fp32 and int8), the portable loops (MADS_FAST_ISA=portable), and on AVX-512 machines the
+    AVX2 kernels (MADS_FAST_ISA=avx2), so every family the CPU can run is tested."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MADS_FAST_ISA", request.param)
         yield request.param

@@ -163,8 +163,9 @@ def test_grad_requiring_device_tensor_is_detached_not_fatal(fake_cuda, monkeypat
 
 
 def test_isa_switch_chooses_the_kernel_family(monkeypatch):
-    """MADS_FAST_ISA=portable forces the plain loops; avx512 / avx2 insist on their family (int8 has no AVX2
-    kernel and stays portable there); auto takes the best the CPU has; anything else is an error."""
+    """MADS_FAST_ISA=portable forces the plain loops; avx512 / avx2 insist on their family for both dtypes;
+    auto takes the best the CPU has (int8 without AVX-512 VNNI: the AVX2 int8 kernel); anything else is an
+    error."""
     native = _native.load_native("cpp")
     x = np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32)
     q = np.clip(np.round(x * 40), -127, 127).astype(np.int8)
@@ -182,12 +183,124 @@ def test_isa_switch_chooses_the_kernel_family(monkeypatch):
     flags = cpuinfo_flags.flags()
     has2 = {"avx2", "fma"} <= flags
     assert auto == ("avx512-fp32" if {"avx512f", "avx512dq"} <= flags else "avx2-fp32" if has2 else "portable-fp32")
+    monkeypatch.setenv("MADS_FAST_ISA", "auto")
+    assert native.DenseSimilarity(q).kernel == ("avx512-vnni-int8" if {"avx512f", "avx512_vnni"} <= flags
+                                                else "avx2-int8" if has2 else "portable-int8")
     monkeypatch.setenv("MADS_FAST_ISA", "avx2")
     if has2:
-        assert (native.DenseSimilarity(x).kernel, native.DenseSimilarity(q).kernel) == ("avx2-fp32", "portable-int8")
+        assert (native.DenseSimilarity(x).kernel, native.DenseSimilarity(q).kernel) == ("avx2-fp32", "avx2-int8")
     else:
         with pytest.raises(RuntimeError, match="lacks AVX2"):
             native.DenseSimilarity(x)
     monkeypatch.setenv("MADS_FAST_ISA", "sse9")
     with pytest.raises(ValueError, match="MADS_FAST_ISA must be auto, portable, avx2 or avx512"):
         native.DenseSimilarity(x)
+
+
+# --- the AVX2 int8 kernel against the portable loops, bit for bit -------------------------------------------
+
+INT8_MAX_DIM = 65000  # kInt8MaxDim (facility_location.h)
+
+
+def _int8_hard_rows(n, d, seed):
+    """int8 [n, d] over the full range -128..127, with the rows that stress an int8 kernel: all -128 and all 127
+    (the largest products, -128 * -128 included), alternating -128 / 127, two zero rows, duplicates (an
+    extreme row and a random one), a single -128 at the last k (the padding quad), the rest uniform."""
+    rng = np.random.default_rng(seed)
+    X = rng.integers(-128, 128, size=(n, d), dtype=np.int16).astype(np.int8)  # [n, d]
+    X[0], X[1], X[3] = -128, 127, 0
+    X[2, ::2], X[2, 1::2] = -128, 127
+    X[4] = X[0]
+    if n > 9:
+        X[5], X[6], X[7] = X[9], 0, 0
+        X[7, -1] = -128
+    return X
+
+
+def _int8_similarity_reference(X):
+    """float32 [N, N]: s(i, j) as the header defines it for int8 rows, from an exact int64 dot product:
+    max(0, float32(dot) * (float32(1 / ||x_i||) * float32(1 / ||x_j||))), 0 for a zero row."""
+    Xi = X.astype(np.int64)
+    dot = Xi @ Xi.T  # [N, N] exact
+    sq = np.einsum("ij,ij->i", Xi, Xi).astype(np.float64)
+    inv = np.zeros(X.shape[0], np.float32)
+    inv[sq > 0] = (1.0 / np.sqrt(sq[sq > 0])).astype(np.float32)
+    return np.maximum(dot.astype(np.float32) * (inv[:, None] * inv[None, :]), np.float32(0))
+
+
+def _portable_order_gains(S, cur):
+    """float64 [N]: sum_i max(0, S[i, j] - cur_i) in the portable epilogue's order: float32 terms widened to
+    double and summed row by row within each 64-row tile, tile sums added in tile order."""
+    n = S.shape[0]
+    total = np.zeros(n)
+    for t0 in range(0, n, 64):
+        g = np.zeros(n)
+        for r in range(t0, min(n, t0 + 64)):
+            g += np.maximum(S[r] - cur[r], np.float32(0)).astype(np.float64)
+        total += g
+    return total
+
+
+class _MatrixEngine:
+    """The engine surface knn_graph_reference reads, over a given matrix."""
+
+    def __init__(self, S):
+        self.S, self.n = S, S.shape[0]
+
+    def columns(self, rows):
+        return self.S[rows].copy(), None
+
+
+def _bits(a):
+    return np.ascontiguousarray(a).view(np.uint8)
+
+
+@pytest.mark.parametrize("n, d", [(70, 1), (5, 3), (131, 31), (64, 32), (65, 33), (129, 63), (200, 64), (77, 65),
+                                  (150, 255), (70, 256), (193, 257), (40, 1024), (66, INT8_MAX_DIM)])
+def test_avx2_int8_matches_portable_bit_for_bit(monkeypatch, n, d):
+    """MADS_FAST_ISA=avx2 (vpmaddwd) and =portable give the same bits for every int8 output: the similarity
+    columns (both equal to the exact-integer reference), their gains (in the portable order), column sums,
+    the kNN graph (the reference's top-K), and whole lazy greedies (ranking, gains, nearest,
+    nearest_similarity) on odd N (not a multiple of the 64-row tile, one below it), D around every multiple
+    of the 4-byte quad and the 32-byte load up to kInt8MaxDim, with -128 / 127 rows, zero rows and
+    duplicates."""
+    import cpuinfo_flags
+    if not {"avx2", "fma"} <= cpuinfo_flags.flags():
+        pytest.skip("this CPU lacks AVX2/FMA: MADS_FAST_ISA=avx2 has no kernel to compare")
+    native = _native.load_native("cpp")
+    X = _int8_hard_rows(n, d, seed=n * 7 + d)
+    S = _int8_similarity_reference(X)  # [N, N]
+    assert S[0, 0] > 0.999 and S[0, 1] == 0 and S[0, 4] == S[0, 0] and not S[3].any()
+    cur = (np.random.default_rng(d).random(n) * 0.5).astype(np.float32)  # [N]
+    cur[::3] = 0
+    idx = np.arange(n)[::-1].copy()  # columns in a scrambled order, several 64-candidate batches when n > 64
+    k = max(1, n - 3)
+    out = {}
+    for isa in ("portable", "avx2"):
+        monkeypatch.setenv("MADS_FAST_ISA", isa)
+        e = native.DenseSimilarity(X)
+        assert e.kernel == f"{isa}-int8"
+        cols, gains = e.columns(idx, cur)
+        np.testing.assert_array_equal(_bits(cols), _bits(S[:, idx].T))  # s(i, j) as the reference's float
+        np.testing.assert_array_equal(_bits(gains), _bits(_portable_order_gains(S, cur)[idx]))
+        g = e.neighbor_graph(min(8, n - 1))
+        ref_nb, ref_sims = knn_graph_reference(_MatrixEngine(S), min(8, n - 1))
+        np.testing.assert_array_equal(g["neighbors"], ref_nb)
+        np.testing.assert_array_equal(_bits(g["sims"]), _bits(ref_sims))
+        out[isa] = {"sums": e.column_sums(), "graph": g,
+                    "sat": e.lazy_greedy(k, graph_k=4), "dense": e.lazy_greedy(k, batch=7, graph_k=0),
+                    "cached": e.lazy_greedy(k, memory_budget=e.matrix_bytes), "knn": e.knn_lazy_greedy(k, 5)}
+    p, a = out["portable"], out["avx2"]
+    np.testing.assert_allclose(p["sums"], S.astype(np.float64).sum(axis=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(_bits(a["sums"]), _bits(p["sums"]))
+    for key in ("neighbors", "sims", "threshold", "column_sums"):
+        np.testing.assert_array_equal(_bits(a["graph"][key]), _bits(p["graph"][key]))
+    for mode in ("sat", "dense", "cached", "knn"):
+        for key in ("ranking", "gains", "nearest", "nearest_similarity", "n_evaluations"):
+            np.testing.assert_array_equal(_bits(np.asarray(a[mode][key])), _bits(np.asarray(p[mode][key])),
+                                          err_msg=f"{mode} {key}")
+    for mode in ("sat", "dense", "cached"):  # exact greedies: gains are the reference's coverage increments
+        r = p[mode]
+        np.testing.assert_array_equal(_bits(r["nearest_similarity"]), _bits(S[np.arange(n), r["nearest"]]))
+        cover = np.maximum.accumulate(S[:, r["ranking"]], axis=1).astype(np.float64).sum(axis=0)  # [k]
+        np.testing.assert_allclose(r["gains"], np.diff(cover, prepend=0.0), rtol=1e-5, atol=1e-5)

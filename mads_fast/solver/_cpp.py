@@ -1,7 +1,7 @@
 """The C++ engine: ``mads_fast._solver_cpu.DenseSimilarity`` behind the ``Engine`` interface.
 
-OpenMP over rows, AVX-512 fp32 / VNNI int8 kernels chosen at run time (``MADS_FAST_ISA`` forces a
-family). The dense lazy greedy and the kNN graph with its greedy run natively; the first pass builds the
+OpenMP over rows, AVX-512 fp32 / VNNI int8 or AVX2 fp32 / int8 kernels chosen at run time
+(``MADS_FAST_ISA`` forces a family). The dense lazy greedy and the kNN graph with its greedy run natively; the first pass builds the
 graph from one triangle of the similarity while it sums the columns.
 """
 from __future__ import annotations
