@@ -444,3 +444,52 @@ def test_cli_bad_partitions_exit_2_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # argparse's choices: exit 2 too
         main(["solve", "--store", str(path), "--budget", "5", "--partitions", "2", "--merge", "greedi"])
     assert exc.value.code == 2 and "--merge" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_local_workers_die_with_a_killed_driver(tmp_path):
+    """A driver SIGKILLed mid-fit leaves no worker computing for nobody: the kernel kills its busy workers."""
+    import os
+    import signal
+    import subprocess
+    import time as _time
+    from pathlib import Path
+
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from mads_fast.solver import _placement, PartitionedFacilityLocation\n"
+        "orig = _placement.LocalPool.__init__\n"
+        "def init(self, *a, **k):\n"
+        "    orig(self, *a, **k)\n"
+        "    print(' '.join(str(p.pid) for p in self._procs), flush=True)\n"
+        "_placement.LocalPool.__init__ = init\n"
+        "X = np.random.default_rng(0).standard_normal((40000, 64)).astype(np.float32)\n"
+        "PartitionedFacilityLocation(8000, 2, partition='random', workers=2, backend='numpy').fit(X)\n")
+    root = str(Path(__file__).resolve().parents[1])
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": root})
+    try:
+        pids = [int(p) for p in driver.stdout.readline().split()]
+        assert len(pids) == 2
+        _time.sleep(1.0)  # the workers are solving their partitions now (seconds of NumPy work)
+
+        def alive(pid):
+            try:
+                with open(f"/proc/{pid}/status") as fh:
+                    return "State:\tZ" not in fh.read()
+            except FileNotFoundError:
+                return False
+
+        assert all(alive(p) for p in pids)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        deadline = _time.monotonic() + 15
+        while any(alive(p) for p in pids) and _time.monotonic() < deadline:
+            _time.sleep(0.1)
+        assert not any(alive(p) for p in pids)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait(timeout=30)
+        driver.stdout.close()
