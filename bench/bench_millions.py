@@ -4,7 +4,7 @@ Each path runs ``mads_fast.pipeline.solve`` on a real feature store (``bench/syn
 of N synthetic clustered int8 rows without a model) in a fresh child process, exactly what
 ``mads-fast solve --store S --budget B --indices-out picks.jsonl`` does: solver input, graph or partitions,
 the greedy, every example's nearest pick and the CRAIG weights, the picks file. The child reports its wall
-time, the driver's peak RSS (``RUSAGE_SELF``) and the largest worker's (``RUSAGE_CHILDREN``: partition
+time, the driver's peak RSS (``VmHWM``) and the largest worker's (``RUSAGE_CHILDREN``: partition
 workers are the driver's children), and the solver's profile (recall, nprobe, partition sizes, seconds).
 
     python bench/bench_millions.py --n 1000000 --dim 256 --paths knn-ivf,part-random-separable-16-knn
@@ -39,7 +39,8 @@ out = tempfile.mkdtemp(prefix="mads-millions-")
 t0 = time.perf_counter()
 r = solve(cfg["store"], cfg["budget"], indices_out=os.path.join(out, "picks.jsonl"), **cfg["options"])
 seconds = time.perf_counter() - t0
-self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from mads_fast.solver._partition_worker import peak_rss_bytes
+self_rss = peak_rss_bytes()  # VmHWM, reset by exec (ru_maxrss would carry this bench's own peak)
 child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 print("RESULT " + json.dumps(default=plain, obj=dict(seconds=seconds, driver_peak_rss=self_rss, worker_peak_rss=child_rss,
       picks=int(r.indices.size), objective=float(r.objective), weights_sum=int(r.weights.sum()),

@@ -18,7 +18,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -130,7 +129,9 @@ def run_one(config: dict) -> dict:
         profile = {key: fit.profile_.get(key) for key in ("sizes", "seconds", "reruns", "candidates",
                                                           "round_trips", "workers")}
     seconds = time.perf_counter() - t0
-    driver_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from mads_fast.solver._partition_worker import peak_rss_bytes
+
+    driver_rss = peak_rss_bytes()  # VmHWM: ru_maxrss would carry the parent bench's peak across fork + exec
     X = np.load(path, mmap_mode="r")
     objective = true_objective(np.asarray(X), fit.ranking_, config["backend"])
     return dict(config, seconds=seconds, driver_peak_rss_mb=driver_rss / 2**20,

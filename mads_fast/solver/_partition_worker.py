@@ -36,6 +36,18 @@ INITIAL_BLOCK_BYTES = 64 << 20  # largest [m, n_local] float32 block of the refi
 KEEP_BYTES = 256 << 20  # similarity columns a refining worker keeps (own rows only), least recently used out
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set in bytes (see ``PartitionWorker.peak_rss``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
 class PartitionWorker:
     """One worker's rows and state. ``threads``: OpenMP threads for the native engine (set before it loads)."""
 
@@ -205,8 +217,9 @@ class PartitionWorker:
         return out
 
     def peak_rss(self) -> int:
-        """This process's peak resident memory in bytes (Linux reports kilobytes)."""
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        """This process's peak resident memory in bytes: ``VmHWM`` on Linux (reset by exec; ``ru_maxrss`` is
+        not: a process started by a large one would report its parent's peak), else ``ru_maxrss``."""
+        return peak_rss_bytes()
 
     def sees(self, path: str) -> bool:
         """Whether this worker sees ``path`` (the solver input must be on a filesystem every worker shares)."""
