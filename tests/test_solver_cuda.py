@@ -113,7 +113,8 @@ def test_runs():
 def test_require_gpu_turns_gpu_skips_into_failures(tmp_path, require):
     """The conftest switch, run on a probe suite in a child pytest: off, GPU tests skip with their reason;
     on, a GPU test that skips (in a fixture or in its body) fails, while CPU and multi_gpu skips stay skips."""
-    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    for helper in ("conftest.py", "cpuinfo_flags.py"):  # the conftest and the module it imports
+        shutil.copy(Path(__file__).with_name(helper), tmp_path / helper)
     (tmp_path / "test_probe.py").write_text(REQUIRE_GPU_PROBE)
     (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -rA --strict-markers\nmarkers =\n    gpu: probe\n")
     env = dict(os.environ, MADS_FAST_REQUIRE_GPU=require)
