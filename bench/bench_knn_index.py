@@ -18,10 +18,8 @@ this run), with the device (CPU model, cores, ISA flags), versions, date and the
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -40,23 +38,10 @@ ARMS = ("exact", "ivf")
 
 
 def environment() -> dict:
-    """CPU model + cores + ISA flags, versions, commit, date (no torch: this benchmark does not need it)."""
-    import faiss
+    """bench_partitioned's device / versions / commit / date, plus this run's command line."""
+    from bench_partitioned import environment as shared
 
-    import mads_fast
-
-    with open("/proc/cpuinfo") as fh:
-        text = fh.read()
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                 platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    isa = [f for f in flags if f.startswith(("avx512_bf16", "amx", "avx512_vnni", "avx512f", "avx2"))]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                            text=True).stdout.strip()
-    return {"device": f"{model}, {os.cpu_count()} cores, {' '.join(sorted(isa))}", "numpy": np.__version__,
-            "faiss": faiss.__version__, "mads_fast": mads_fast.__version__, "python": platform.python_version(),
-            "commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": " ".join([Path(sys.executable).name] + sys.argv)}
+    return dict(shared(), command=" ".join([Path(sys.executable).name] + sys.argv))
 
 
 def synthetic_input(n: int, dim: int, clusters: int, seed: int) -> Path:

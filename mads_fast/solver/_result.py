@@ -39,3 +39,20 @@ def result_from(out: dict) -> GreedyResult:
     return GreedyResult(out["ranking"], out["gains"], out["nearest"], out["nearest_similarity"],
                         int(out["n_evaluations"]), int(out["n_passes"]),
                         {key: out[key] for key in STAT_KEYS if key in out})
+
+
+def set_fitted(estimator, result: GreedyResult, backend: str) -> None:
+    """The fitted attributes every facility-location estimator shares, from its ``result``: ``ranking_``,
+    ``gains_``, ``curve_``, ``objective_``, ``nearest_``, ``nearest_similarity_``, ``weights_``, ``backend_``,
+    ``n_evaluations_``, ``n_passes_`` and ``profile_`` (the result's stats; callers add their own keys)."""
+    estimator.ranking_ = np.asarray(result.ranking, dtype=np.int64)
+    estimator.gains_ = np.asarray(result.gains, dtype=np.float64)
+    estimator.curve_ = np.cumsum(estimator.gains_)
+    estimator.objective_ = float(estimator.curve_[-1])
+    estimator.nearest_ = np.asarray(result.nearest, dtype=np.int64)
+    estimator.nearest_similarity_ = np.asarray(result.nearest_similarity, dtype=np.float32)
+    estimator.weights_ = result.weights()
+    estimator.backend_ = backend
+    estimator.n_evaluations_ = int(result.n_evaluations)
+    estimator.n_passes_ = int(result.n_passes)
+    estimator.profile_ = dict(result.stats)

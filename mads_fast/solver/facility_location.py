@@ -17,6 +17,7 @@ from ._inputs import check_choice, check_positive_int, resolve_budget
 from ._knn_index import knn_select
 from ._memory import resolve_memory_budget
 from ._oracles import DenseOracle
+from ._result import set_fitted
 from ._stochastic import stochastic_greedy
 from mads_fast.errors import InputError
 from mads_fast.options import KNN_INDEXES, MODES, OPTIMIZERS, check_knn_recall, parse_memory_budget
@@ -141,18 +142,8 @@ class FacilityLocation:
                                     knn_recall=self.knn_recall)
         finally:
             close()
-        self.ranking_ = np.asarray(result.ranking, dtype=np.int64)
-        self.gains_ = np.asarray(result.gains, dtype=np.float64)
-        self.curve_ = np.cumsum(self.gains_)
-        self.objective_ = float(self.curve_[-1])
-        self.nearest_ = np.asarray(result.nearest, dtype=np.int64)
-        self.nearest_similarity_ = np.asarray(result.nearest_similarity, dtype=np.float32)
-        self.weights_ = result.weights()
-        self.backend_ = name
-        self.n_evaluations_ = int(result.n_evaluations)
-        self.n_passes_ = int(result.n_passes)
+        set_fitted(self, result, name)
         self.mode_ = mode
-        self.profile_ = dict(result.stats)
         return self
 
     def fit_transform(self, X: Any, y: Any = None) -> Any:

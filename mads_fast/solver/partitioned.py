@@ -50,7 +50,7 @@ from ._inputs import as_features
 from ._merge import merge_separable, refine
 from ._partition import import_faiss, kmeans_labels, random_labels
 from ._placement import LocalPool, RayPool
-from ._result import GreedyResult
+from ._result import GreedyResult, set_fitted
 
 log = logging.getLogger("mads_fast")
 
@@ -214,21 +214,11 @@ class PartitionedFacilityLocation:
         finally:
             pool.close()
 
-        self.ranking_ = np.asarray(result.ranking, dtype=np.int64)
-        self.gains_ = np.asarray(result.gains, dtype=np.float64)
-        self.curve_ = np.cumsum(self.gains_)
-        self.objective_ = float(self.curve_[-1])
-        self.nearest_ = np.asarray(result.nearest, dtype=np.int64)
-        self.nearest_similarity_ = np.asarray(result.nearest_similarity, dtype=np.float32)
-        self.weights_ = result.weights()
+        set_fitted(self, result, backend)
         self.labels_ = labels
-        self.backend_ = backend
-        self.n_evaluations_ = int(result.n_evaluations)
-        profile = dict(result.stats)
-        profile.update(partitions=m, partition=self.partition, merge=self.merge, sizes=sizes.tolist(),
-                       nonempty_partitions=len(parts), workers=n_workers, placement=placement,
-                       worker_peak_rss_bytes=rss, seconds=seconds, **extra)
-        self.profile_ = profile
+        self.profile_.update(partitions=m, partition=self.partition, merge=self.merge, sizes=sizes.tolist(),
+                             nonempty_partitions=len(parts), workers=n_workers, placement=placement,
+                             worker_peak_rss_bytes=rss, seconds=seconds, **extra)
 
     def _pool(self, path: Path, nonempty: int):
         init = dict(path=str(path), backend=self.backend, mode=self.mode, n_neighbors=self.n_neighbors,
