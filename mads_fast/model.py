@@ -11,6 +11,7 @@ unpadded run, and attention takes its mask-free causal kernel.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -88,16 +89,52 @@ def cpu_bf16_support() -> Optional[str]:
     return None
 
 
+# bf16 must beat fp32 by this much in the probe before ``auto`` takes it: a CPU whose bf16 instructions only
+# match its fp32 FMAs (AVX512-BF16 without AMX on Intel Xeons measured 0.5x: bf16 pays conversions) stays fp32.
+BF16_MIN_SPEEDUP = 1.2
+PROBE_SHAPE = (1024, 576, 1536)  # tokens x hidden x intermediate: SmolLM2-135M's MLP projection
+
+
+@functools.lru_cache(maxsize=1)
+def bf16_matmul_speedup() -> float:
+    """fp32 time / bf16 time of one ``PROBE_SHAPE`` matmul on this CPU with torch's threads (best of five after a
+    warm-up each; about 0.1 s, measured once per process). Above 1: bf16 is faster here."""
+    import time
+
+    import torch
+
+    m, k, n = PROBE_SHAPE
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+    best = {}
+    with torch.inference_mode():
+        for dt in (torch.float32, torch.bfloat16):
+            x, y = a.to(dt), b.to(dt)
+            torch.matmul(x, y)
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                torch.matmul(x, y)
+                times.append(time.perf_counter() - t0)
+            best[dt] = min(times)
+    return best[torch.float32] / max(best[torch.bfloat16], 1e-9)
+
+
 def auto_dtype(device: str):
-    """(torch dtype, why) for ``dtype="auto"``: bf16 on CUDA and on CPUs with native bf16, else fp32."""
+    """(torch dtype, why) for ``dtype="auto"``: bf16 on CUDA, and on CPUs with native bf16 where a bf16 matmul
+    measures at least ``BF16_MIN_SPEEDUP`` times faster than fp32 (``bf16_matmul_speedup``); else fp32."""
     import torch
 
     if str(device).startswith("cuda"):
         return torch.bfloat16, "a CUDA device"
     isa = cpu_bf16_support()
-    if isa:
-        return torch.bfloat16, f"this CPU has {isa}"
-    return torch.float32, "this CPU has no native bf16 (AVX512-BF16/AMX), where bf16 runs slower than fp32"
+    if not isa:
+        return torch.float32, "this CPU has no native bf16 (AVX512-BF16/AMX), where bf16 runs slower than fp32"
+    speedup = bf16_matmul_speedup()
+    if speedup >= BF16_MIN_SPEEDUP:
+        return torch.bfloat16, f"this CPU has {isa} and a bf16 matmul measured {speedup:.1f}x fp32"
+    return torch.float32, (f"this CPU has {isa}, but a bf16 matmul measured only {speedup:.2f}x fp32 here "
+                           f"(bf16 needs {BF16_MIN_SPEEDUP}x)")
 
 
 def resolve_dtype(dtype, device: str):
@@ -172,7 +209,7 @@ def load_model(path: Union[str, os.PathLike, None] = None, *, device: Optional[s
     """Load a causal LM from a local Hugging Face directory or a ``.gguf`` file (``None``: the default).
 
     Nothing is fetched from a model hub: ``HF_HUB_OFFLINE`` is forced and ``local_files_only`` is set.
-    ``dtype`` ("auto" or None) is bfloat16 on CUDA and on CPUs with native bf16, else float32 (``auto_dtype``;
+    ``dtype`` ("auto" or None) is bfloat16 on CUDA and on CPUs where native bf16 measures faster, else float32 (``auto_dtype``;
     the choice and its reason are logged).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,4 +1,5 @@
-"""``dtype="auto"``: bf16 where the CPU has native bf16, fp32 elsewhere; an existing store keeps its precision."""
+"""``dtype="auto"``: bf16 where the CPU has native bf16 that measures faster than fp32, fp32 elsewhere; an existing
+store keeps its precision."""
 import json
 
 import numpy as np
@@ -7,7 +8,7 @@ import torch
 
 import mads_fast.model as model_mod
 from mads_fast.extraction import extract, store_compute_dtype
-from mads_fast.model import auto_dtype, cpu_bf16_support, resolve_dtype
+from mads_fast.model import BF16_MIN_SPEEDUP, auto_dtype, bf16_matmul_speedup, cpu_bf16_support, resolve_dtype
 from mads_fast.store import FeatureReader, load_solver_input
 
 
@@ -27,14 +28,29 @@ def test_bf16_support_is_read_from_this_cpu():
     assert cpu_bf16_support() == expected
 
 
-@pytest.mark.parametrize("isa, device, want", [("AVX512-BF16", "cpu", torch.bfloat16), ("AMX-BF16", "cpu", torch.bfloat16),
-                                              (None, "cpu", torch.float32), (None, "cuda", torch.bfloat16)])
-def test_auto_follows_the_hardware(monkeypatch, isa, device, want):
+@pytest.mark.parametrize("isa, speedup, device, want", [
+    ("AVX512-BF16", 3.0, "cpu", torch.bfloat16), ("AMX-BF16", 3.5, "cpu", torch.bfloat16),
+    ("AVX512-BF16", 0.5, "cpu", torch.float32),   # bf16 instructions no faster than the fp32 FMAs: stay fp32
+    ("AVX512-BF16", BF16_MIN_SPEEDUP - 0.01, "cpu", torch.float32),
+    (None, 9.0, "cpu", torch.float32), (None, 0.5, "cuda", torch.bfloat16)])
+def test_auto_follows_the_hardware(monkeypatch, isa, speedup, device, want):
     monkeypatch.setattr(model_mod, "cpu_bf16_support", lambda: isa)
+    monkeypatch.setattr(model_mod, "bf16_matmul_speedup", lambda: speedup)
     dtype, why = auto_dtype(device)
     assert dtype == want and resolve_dtype("auto", device) == want and resolve_dtype(None, device) == want
-    assert (isa in why) if isa else ("CUDA" in why if device == "cuda" else "no native bf16" in why)
+    if device == "cuda":
+        assert "CUDA" in why
+    elif isa is None:
+        assert "no native bf16" in why
+    else:
+        assert isa in why and (f"{speedup:.1f}x" in why or f"{speedup:.2f}x" in why)
     assert resolve_dtype("fp32", device) == torch.float32  # an explicit choice is never overridden
+
+
+def test_the_probe_measures_this_cpu():
+    """The probe times real matmuls: a positive finite ratio, the same object on a second call (measured once)."""
+    first = bf16_matmul_speedup()
+    assert 0.05 < first < 50 and bf16_matmul_speedup() == first
 
 
 def _alpaca(tmp_path, alpaca_path, n):
@@ -49,6 +65,7 @@ def test_a_store_keeps_its_precision_under_auto(monkeypatch, tiny_model_dir, alp
     data = _alpaca(tmp_path, alpaca_path, 24)
     opts = dict(model=tiny_model_dir, layers="2", quant="int8", max_length=48, shard_size=8, progress=False)
     monkeypatch.setattr(model_mod, "cpu_bf16_support", lambda: None)  # a CPU without bf16 made it under auto
+    monkeypatch.setattr(model_mod, "bf16_matmul_speedup", lambda: 3.0)
     made = extract(data, tmp_path / "s", dtype="auto", **opts)
     spec = json.loads((tmp_path / "s" / "manifest.json").read_text())["feature_spec"]
     assert not made.reused and spec["compute_dtype"] == "float32"
