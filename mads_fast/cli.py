@@ -56,8 +56,8 @@ def _add_extract(p):
                    help="stored precision: fp16 (default, 2D bytes per example), int8 (D + 4 bytes, quantised "
                    "around a calibrated offset), bit (D/8 + 4 bytes), fp32")
     g.add_argument("--max-length", type=int, default=1024, metavar="N", help="truncate to N tokens (1024)")
-    g.add_argument("--tokens-per-batch", type=int, default=16384, metavar="N",
-                   help="token budget per batch, padding included (16384)")
+    g.add_argument("--tokens-per-batch", type=int, default=None, metavar="N",
+                   help="token budget per batch, padding included (default: 4096 on CPU, 16384 on a GPU)")
     g.add_argument("--shard-size", type=int, default=4096, metavar="N", help="records per store shard (4096)")
     g.add_argument("--template", choices=TEMPLATES, default="chat",
                    help="render with the model's chat template (default), an Alpaca prompt, or the raw text")

@@ -132,11 +132,29 @@ def test_bad_options_are_input_errors(tiny, alpaca40, tmp_path):
     # each error names the Python parameter (the CLI writes it as the flag: --max-length)
     for kwargs, param in [(dict(pool="median"), "pool"), (dict(quant="int4"), "quant"),
                           (dict(max_length=0), "max_length"), (dict(project=-3), "project"),
+                          (dict(tokens_per_batch=0), "tokens_per_batch"),
                           (dict(layers="9"), "layers")]:
         with pytest.raises(InputError, match=f"^{param}: ") as info:
             extract(alpaca40, tmp_path / "x", model=tiny, progress=False, **kwargs)
         assert info.value.param == param
     assert not (tmp_path / "x").exists()
+
+
+def test_token_budget_defaults_by_device(tiny, alpaca40, tmp_path):
+    """No budget given: 4096 tokens on CPU (the plan the stats show), 16384 on CUDA; a given one is kept."""
+    from mads_fast.extraction.shard import TOKENS_PER_BATCH, resolve_tokens_per_batch
+
+    assert (resolve_tokens_per_batch(None, "cpu"), resolve_tokens_per_batch(None, "cuda:1")) == (4096, 16384)
+    assert resolve_tokens_per_batch(300, "cuda") == 300 and TOKENS_PER_BATCH["cpu"] < TOKENS_PER_BATCH["cuda"]
+    from mads_fast.tokens import plan_batches
+    rs = read_records(alpaca40)
+    ts = tokenize([render(rs, i, tiny.tokenizer, "chat") for i in range(len(rs))], tiny.tokenizer, 1024)
+    plans = {b: plan_batches(ts.lengths, b)[0] for b in (4096, 300)}
+    assert sum(x.n_tokens for x in plans[4096]) != sum(x.n_tokens for x in plans[300])
+    for budget, key in ((None, 4096), (300, 300)):
+        stats = extract(alpaca40, tmp_path / f"s{key}", model=tiny, quant="fp32", tokens_per_batch=budget,
+                        progress=False)
+        assert stats.padded_tokens == sum(x.n_tokens for x in plans[key])
 
 
 @pytest.mark.slow

@@ -113,7 +113,7 @@ def extract(data: Union[str, Path, "RecordSet"], store: Union[str, Path], *,
             model: Union[None, str, Path, "LoadedModel"] = None,
             layers: Union[None, int, float, str, Sequence[Union[int, float]]] = None, feature: str = "hidden",
             pool: str = "mean", project: Optional[int] = None, project_seed: int = 0, quant: str = "fp16",
-            max_length: int = 1024, tokens_per_batch: int = 16384, shard_size: int = 4096,
+            max_length: int = 1024, tokens_per_batch: Optional[int] = None, shard_size: int = 4096,
             text_field: Optional[str] = None, template: str = "chat", lenient: bool = False,
             limit: Optional[int] = None, device: Optional[str] = None, dtype: str = "auto",
             trust_remote_code: bool = False, ray: Optional[str] = None, workers: Optional[int] = None,
@@ -124,7 +124,8 @@ def extract(data: Union[str, Path, "RecordSet"], store: Union[str, Path], *,
     ``mads_fast.data.read_records``; ``model`` a model directory, a ``.gguf`` file, a loaded
     ``LoadedModel``, or None for the embedded default (SmolLM2-135M-Instruct). A matching complete store is
     reused; a matching incomplete one is resumed at its first unwritten shard; a store made for another
-    request is an error. Returns statistics (tokens/s, padding, truncations, timings).
+    request is an error. Returns statistics (tokens/s, padding, truncations, timings). ``tokens_per_batch``
+    (padding included) defaults by device: 4096 on CPU, 16384 on CUDA (``TOKENS_PER_BATCH``).
 
     ``ray``: run the shards on Ray actors ("local": a local instance; "auto": the cluster named by
     ``RAY_ADDRESS``, else a local one; or a cluster address) with ``workers`` actors of
