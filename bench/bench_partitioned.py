@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -35,13 +34,8 @@ from mads_fast.atomic import atomic_write  # noqa: E402
 def environment() -> dict:
     """Device (CPU model, cores, AVX-512 flags), versions, commit and date."""
     import mads_fast
+    from ceilings import cpu_description  # bench/: the CPU line every benchmark prints
 
-    with open("/proc/cpuinfo") as fh:
-        text = fh.read()
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                 platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    isa = [f for f in flags if f.startswith(("avx512_bf16", "amx", "avx512_vnni", "avx512f", "avx2"))]
     versions = {"numpy": np.__version__, "mads_fast": mads_fast.__version__, "python": platform.python_version()}
     for name in ("faiss", "ray"):
         try:
@@ -50,7 +44,7 @@ def environment() -> dict:
             versions[name] = None
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    return {"device": f"{model}, {os.cpu_count()} cores, {' '.join(sorted(isa)) or 'no AVX-512/AVX2'}",
+    return {"device": cpu_description(),
             **versions, "commit": commit,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 

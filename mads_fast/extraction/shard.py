@@ -97,11 +97,11 @@ def _check_options(pool, quant, template, feature, project, max_length, tokens_p
     for param, value, choices in (("pool", pool, POOLS), ("quant", quant, QUANTS), ("template", template, TEMPLATES),
                                   ("feature", feature, FEATURES)):
         check_choice(param, value, choices)
-    for param, value in (("max_length", max_length), ("shard_size", shard_size)) + (
-            (("tokens_per_batch", tokens_per_batch),) if tokens_per_batch is not None else ()):
+    for param, value in (("max_length", max_length), ("shard_size", shard_size)):
         check_positive_int(param, value)
-    if project is not None:
-        check_positive_int("project", project)
+    for param, value in (("tokens_per_batch", tokens_per_batch), ("project", project)):  # None: the default
+        if value is not None:
+            check_positive_int(param, value)
 
 
 # Token budget per batch when none is given, by device. On CPU, batches of ~4k tokens run at the bare forward's
